@@ -1,0 +1,45 @@
+# Two entry points for a newcomer: `make demo` and `make test`.
+# Each creates .venv and installs what it needs on first use.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch==2.13.0 is a CPU wheel; an unpinned torch pulls a multi-GB CUDA build.
+TORCH := torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck unit crd golden clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "modelplane needs Python 3.11+")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing modelplane and its dependencies into $(VENV) (first run takes a few minutes)"
+	@$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[operator,runtime,export,test]' '$(TORCH)' \
+		2> >(grep -v -e 'is ignored: it is neither' -e 'BuildBackendWarning' >&2 || true)
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	@$(BIN)/python -m modelplane_operator.demo
+
+test: lint typecheck unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check operator runtime tests bench
+	$(BIN)/ruff format --check operator runtime tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy operator/modelplane_operator runtime/modelplane_runtime tests
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest
+
+# Regenerate the CRD from the pydantic spec, then the golden files.
+crd: $(STAMP)
+	$(BIN)/python -m modelplane_operator.crd > manifests/crds/modelplane.io_modeldeployments.yaml
+
+golden: $(STAMP)
+	UPDATE_GOLDEN=1 $(BIN)/python -m pytest -q tests/test_operator/test_render_golden.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

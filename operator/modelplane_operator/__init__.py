@@ -1,0 +1,1 @@
+"""modelplane operator: turns ModelDeployments into running inference services."""

@@ -1,0 +1,35 @@
+"""Operator settings, read from ``MODELPLANE_OPERATOR_*`` environment variables."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The runtime images run as this user; the Dockerfiles create it with the same id.
+RUNTIME_UID = 10001
+
+
+class OperatorConfig(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MODELPLANE_OPERATOR_", extra="ignore", frozen=True
+    )
+
+    runtime_image: str = "ghcr.io/modelplane/runtime:0.1.0"
+    runtime_gpu_image: str = "ghcr.io/modelplane/runtime-gpu:0.1.0"
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    default_cpu_request: str = "1"
+    default_memory_request: str = "2Gi"
+    cluster_domain: str = "cluster.local"
+    pre_stop_seconds: int = Field(default=5, ge=0, le=120)
+    startup_timeout_seconds: int = Field(
+        default=600, ge=30, description="How long model fetch-to-ready may take before a restart."
+    )
+    model_volume_size_limit: str | None = Field(
+        default=None, description="sizeLimit of the emptyDir a fetched model lands in."
+    )
+    watch_namespaces: str = Field(
+        default="", description="Comma-separated namespaces to watch; empty watches all."
+    )
+    log_format: Literal["text", "json"] = "text"

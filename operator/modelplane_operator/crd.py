@@ -1,0 +1,148 @@
+"""Build the ModelDeployment CRD from the pydantic spec.
+
+The generated file under manifests/crds is checked in and is the one source of
+truth for the chart and install.yaml; `make crd` regenerates it and a test
+fails when it is stale. Run: ``python -m modelplane_operator.crd``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from modelplane_operator import names
+from modelplane_operator.spec import (
+    NAME_PATTERN,
+    ModelDeploymentSpec,
+    ModelDeploymentStatus,
+)
+from modelplane_operator.yaml_text import dump
+
+CRD_PATH = Path("manifests/crds") / f"{names.GROUP}_{names.PLURAL}.yaml"
+
+NAME_RULE = {
+    "rule": f"size(self.metadata.name) <= {names.MAX_NAME_LENGTH} && "
+    f"self.metadata.name.matches('{NAME_PATTERN}')",
+    "message": f"metadata.name must be a DNS-1035 label of at most {names.MAX_NAME_LENGTH} "
+    "characters (lowercase letters, digits and '-', starting with a letter): it names the "
+    "Deployment, Service and pod labels",
+}
+
+
+def _flatten(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """Inline $ref, drop the null branch of Optional, and spell const as enum."""
+    node = dict(node)
+    if "$ref" in node:
+        node = {**defs[node.pop("$ref").rsplit("/", 1)[-1]], **node}
+    if "anyOf" in node and not node.get("x-kubernetes-int-or-string"):
+        options = [o for o in node.pop("anyOf") if o != {"type": "null"}]
+        if len(options) != 1:
+            raise ValueError(f"cannot express {options} in a structural schema")
+        node = {**_flatten(options[0], defs), **node}
+    if "const" in node:
+        node["enum"] = [node.pop("const")]
+    if node.get("default", 0) is None or node.get("additionalProperties") is False:
+        node = {
+            k: v
+            for k, v in node.items()
+            if not (k == "default" and v is None)
+            and not (k == "additionalProperties" and v is False)
+        }
+    return node
+
+
+def _structural(node: Any, defs: dict[str, Any]) -> Any:
+    """Turn pydantic's JSON Schema into a Kubernetes structural schema."""
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in _flatten(node, defs).items():
+        if key in {"title", "$defs"}:
+            continue
+        if key == "properties":
+            out[key] = {k: _structural(v, defs) for k, v in value.items()}
+        elif key in {"items", "additionalProperties"}:
+            out[key] = _structural(value, defs)
+        elif key == "anyOf":
+            out[key] = [_structural(option, defs) for option in value]
+        else:
+            out[key] = value
+    return out
+
+
+def _schema_of(model: type[Any]) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    structural: dict[str, Any] = _structural(raw, raw.get("$defs", {}))
+    return structural
+
+
+def build_crd() -> dict[str, Any]:
+    ready = '.status.conditions[?(@.type=="Ready")]'
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": names.CRD_NAME,
+            "labels": {names.LABEL_PART_OF: names.PART_OF},
+        },
+        "spec": {
+            "group": names.GROUP,
+            "names": {
+                "kind": names.KIND,
+                "listKind": names.KIND + "List",
+                "plural": names.PLURAL,
+                "singular": names.SINGULAR,
+                "shortNames": list(names.SHORT_NAMES),
+                "categories": list(names.CATEGORIES),
+            },
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": names.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {
+                        "status": {},
+                        "scale": {
+                            "specReplicasPath": ".spec.replicas",
+                            "statusReplicasPath": ".status.replicas",
+                            "labelSelectorPath": ".status.selector",
+                        },
+                    },
+                    "additionalPrinterColumns": [
+                        {"name": "Ready", "type": "string", "jsonPath": ready + ".status"},
+                        {"name": "Reason", "type": "string", "jsonPath": ready + ".reason"},
+                        {"name": "URL", "type": "string", "jsonPath": ".status.url"},
+                        {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
+                        {"name": "GPU", "type": "integer", "jsonPath": ".spec.resources.gpu.count"},
+                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                    ],
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "description": "A model served over the Open Inference Protocol.",
+                            "type": "object",
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": _schema_of(ModelDeploymentSpec),
+                                "status": _schema_of(ModelDeploymentStatus),
+                            },
+                            "x-kubernetes-validations": [NAME_RULE],
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def main() -> None:
+    sys.stdout.write("# Generated from modelplane_operator/spec.py by `make crd`. Do not edit.\n")
+    sys.stdout.write(dump(build_crd()))
+
+
+if __name__ == "__main__":
+    main()

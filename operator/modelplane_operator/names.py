@@ -1,0 +1,58 @@
+"""Every name, label key and annotation key the operator writes, in one place."""
+
+from __future__ import annotations
+
+GROUP = "modelplane.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "ModelDeployment"
+PLURAL = "modeldeployments"
+SINGULAR = "modeldeployment"
+SHORT_NAMES = ("md", "mdep")
+CATEGORIES = ("modelplane",)
+CRD_NAME = f"{PLURAL}.{GROUP}"
+
+FIELD_MANAGER = "modelplane-operator"
+RUNTIME_CONTAINER = "runtime"
+FETCH_CONTAINER = "fetch-model"
+HTTP_PORT_NAME = "http"
+SERVICE_PORT = 80
+
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_PART_OF = "app.kubernetes.io/part-of"
+
+APP_NAME = "modelplane-runtime"
+COMPONENT = "model-server"
+MANAGED_BY = "modelplane-operator"
+PART_OF = "modelplane"
+
+# Children share the ModelDeployment's name (kinds differ), so the longest
+# child name is the ModelDeployment's own: a DNS-1035 label, as a Service needs.
+CHILD_NAME_SUFFIXES: dict[str, str] = {
+    "Deployment": "",
+    "Service": "",
+    "HorizontalPodAutoscaler": "",
+    "PodDisruptionBudget": "",
+}
+MAX_NAME_LENGTH = 63 - max(len(s) for s in CHILD_NAME_SUFFIXES.values())
+
+
+def child_name(model_deployment_name: str, kind: str) -> str:
+    return model_deployment_name + CHILD_NAME_SUFFIXES[kind]
+
+
+def selector_labels(model_deployment_name: str) -> dict[str, str]:
+    """The pod selector: fixed for the life of a ModelDeployment (selectors are immutable)."""
+    return {LABEL_NAME: APP_NAME, LABEL_INSTANCE: model_deployment_name}
+
+
+def common_labels(model_deployment_name: str) -> dict[str, str]:
+    return {
+        **selector_labels(model_deployment_name),
+        LABEL_COMPONENT: COMPONENT,
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_PART_OF: PART_OF,
+    }

@@ -1,0 +1,380 @@
+"""Where every ModelDeployment field becomes a Kubernetes field.
+
+Pure functions: no client, clock or randomness, so the same ModelDeployment and
+config always give the same objects. Owner references are added by the
+operator at apply time (they need the live object's uid).
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+from modelplane_operator import names
+from modelplane_operator.config import RUNTIME_UID, OperatorConfig
+from modelplane_operator.spec import ModelDeployment
+from modelplane_runtime.settings import RuntimeSettings
+
+Obj = dict[str, Any]
+
+CHILD_KINDS: tuple[tuple[str, str], ...] = (
+    ("apps/v1", "Deployment"),
+    ("v1", "Service"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("policy/v1", "PodDisruptionBudget"),
+)
+
+MODEL_DIR = "/mnt/models"
+FETCHED_MODEL_FILE = "model.onnx"
+CONTAINER_PORT = 8080
+LIVE_PATH = "/v2/health/live"
+READY_PATH = "/v2/health/ready"
+RUNTIME_COMMAND = ("python", "-m", "modelplane_runtime")
+SCRATCH_VOLUMES = (("tmp", "/tmp"), ("cache", "/home/modelplane/.cache"))  # noqa: S108
+
+
+def _metadata(md: ModelDeployment, kind: str) -> Obj:
+    return {
+        "name": names.child_name(md.name, kind),
+        "namespace": md.namespace,
+        "labels": names.common_labels(md.name),
+    }
+
+
+def _model_location(md: ModelDeployment) -> tuple[str, str]:
+    """(how the model reaches the pod, path the runtime loads): fetch, pvc or image."""
+    uri = urlsplit(md.spec.model.uri)
+    if uri.scheme == "file":
+        return "image", uri.path
+    if uri.scheme == "pvc":
+        return "pvc", str(PurePosixPath(MODEL_DIR) / uri.path.lstrip("/"))
+    return "fetch", f"{MODEL_DIR}/{FETCHED_MODEL_FILE}"
+
+
+def runtime_settings(md: ModelDeployment) -> RuntimeSettings:
+    """The runtime's settings for this ModelDeployment; rendered as the pod's environment."""
+    spec = md.spec
+    source, model_path = _model_location(md)
+    return RuntimeSettings(
+        model_name=md.name,
+        model_path=model_path,
+        # A fetched model is verified by the init container; others by the runtime.
+        model_sha256=spec.model.sha256 if source != "fetch" else None,
+        execution_providers=spec.execution_providers(),
+        allow_cpu_fallback=spec.runtime.allow_cpu_fallback,
+        intra_op_threads=spec.runtime.threads.intra_op,
+        inter_op_threads=spec.runtime.threads.inter_op,
+        graph_optimization_level=spec.runtime.graph_optimization_level,
+        max_batch_size=spec.runtime.batching.max_batch_size,
+        max_latency_ms=spec.runtime.batching.max_latency_ms,
+        warmup_iterations=spec.runtime.warmup.iterations,
+        host="0.0.0.0",  # noqa: S104 - the pod's network namespace
+        port=CONTAINER_PORT,
+        request_timeout_seconds=spec.runtime.request_timeout_seconds,
+        max_request_bytes=spec.runtime.max_request_bytes,
+    )
+
+
+def _resources(md: ModelDeployment, config: OperatorConfig, *, with_gpu: bool) -> Obj:
+    spec = md.spec.resources
+    requests = {"cpu": config.default_cpu_request, "memory": config.default_memory_request}
+    limits: dict[str, str] = {}
+    if spec.requests:
+        requests.update(spec.requests.model_dump(by_alias=True, exclude_none=True))
+    if spec.limits:
+        limits.update(spec.limits.model_dump(by_alias=True, exclude_none=True))
+    # A memory limit is always set (an OOMing model must not take the node);
+    # it defaults to the request so that the pod cannot be evicted for memory.
+    limits.setdefault("memory", requests["memory"])
+    if with_gpu and spec.gpu.count > 0:
+        limits[spec.gpu.resource_name] = str(spec.gpu.count)
+    return {"requests": requests, "limits": limits}
+
+
+def _container_security() -> Obj:
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "privileged": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "runAsUser": RUNTIME_UID,
+        "runAsGroup": RUNTIME_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _image(md: ModelDeployment, config: OperatorConfig) -> str:
+    if md.spec.runtime.image:
+        return md.spec.runtime.image
+    return config.runtime_gpu_image if md.spec.resources.gpu.count > 0 else config.runtime_image
+
+
+def _probe(path: str, *, period: int, failures: int) -> Obj:
+    return {
+        "httpGet": {"path": path, "port": names.HTTP_PORT_NAME},
+        "periodSeconds": period,
+        "timeoutSeconds": 5,
+        "failureThreshold": failures,
+    }
+
+
+def _runtime_container(md: ModelDeployment, config: OperatorConfig) -> Obj:
+    settings = runtime_settings(md)
+    source, _ = _model_location(md)
+    mounts: list[Obj] = [{"name": vol, "mountPath": path} for vol, path in SCRATCH_VOLUMES]
+    if source != "image":
+        mounts.insert(0, {"name": "model", "mountPath": MODEL_DIR, "readOnly": True})
+    startup_period = 5
+    return {
+        "name": names.RUNTIME_CONTAINER,
+        "image": _image(md, config),
+        "imagePullPolicy": config.image_pull_policy,
+        "command": [*RUNTIME_COMMAND, "serve"],
+        "ports": [
+            {"name": names.HTTP_PORT_NAME, "containerPort": CONTAINER_PORT, "protocol": "TCP"}
+        ],
+        "env": [{"name": key, "value": value} for key, value in settings.to_env().items()],
+        "resources": _resources(md, config, with_gpu=True),
+        "startupProbe": _probe(
+            LIVE_PATH,
+            period=startup_period,
+            failures=max(1, config.startup_timeout_seconds // startup_period),
+        ),
+        "livenessProbe": _probe(LIVE_PATH, period=10, failures=3),
+        "readinessProbe": _probe(READY_PATH, period=5, failures=2),
+        # Endpoints take a moment to drop a terminating pod: keep serving meanwhile.
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(config.pre_stop_seconds)]}}},
+        "securityContext": _container_security(),
+        "volumeMounts": mounts,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
+def _fetch_container(md: ModelDeployment, config: OperatorConfig) -> Obj:
+    model = md.spec.model
+    command = [*RUNTIME_COMMAND, "fetch", model.uri, f"{MODEL_DIR}/{FETCHED_MODEL_FILE}"]
+    if model.sha256:
+        command += ["--sha256", model.sha256]
+    container: Obj = {
+        "name": names.FETCH_CONTAINER,
+        "image": _image(md, config),
+        "imagePullPolicy": config.image_pull_policy,
+        "command": command,
+        "resources": _resources(md, config, with_gpu=False),
+        "securityContext": _container_security(),
+        "volumeMounts": [
+            {"name": "model", "mountPath": MODEL_DIR},
+            *({"name": vol, "mountPath": path} for vol, path in SCRATCH_VOLUMES),
+        ],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if model.credentials and model.credentials.secret_ref:
+        # Credentials reach only the fetch container, never the serving one.
+        container["envFrom"] = [{"secretRef": {"name": model.credentials.secret_ref.name}}]
+    return container
+
+
+def _volumes(md: ModelDeployment, config: OperatorConfig) -> list[Obj]:
+    source, _ = _model_location(md)
+    volumes: list[Obj] = []
+    if source == "fetch":
+        empty: Obj = (
+            {"sizeLimit": config.model_volume_size_limit}
+            if (config.model_volume_size_limit)
+            else {}
+        )
+        volumes.append({"name": "model", "emptyDir": empty})
+    elif source == "pvc":
+        claim = urlsplit(md.spec.model.uri).netloc
+        volumes.append(
+            {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        )
+    volumes += [{"name": vol, "emptyDir": {}} for vol, _ in SCRATCH_VOLUMES]
+    return volumes
+
+
+def _tolerations(md: ModelDeployment) -> list[Obj]:
+    tolerations = [
+        t.model_dump(by_alias=True, exclude_none=True) for t in md.spec.scheduling.tolerations
+    ]
+    gpu = md.spec.resources.gpu
+    if gpu.count > 0:
+        gpu_toleration = {"key": gpu.resource_name, "operator": "Exists", "effect": "NoSchedule"}
+        if gpu_toleration not in tolerations:
+            tolerations.append(gpu_toleration)
+    return tolerations
+
+
+def _pod_spec(md: ModelDeployment, config: OperatorConfig) -> Obj:
+    spec = md.spec
+    scheduling = spec.scheduling
+    source, _ = _model_location(md)
+    pod: Obj = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUNTIME_UID,
+            "runAsGroup": RUNTIME_UID,
+            "fsGroup": RUNTIME_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        # preStop, then the longest request may still finish, then a margin.
+        "terminationGracePeriodSeconds": (
+            config.pre_stop_seconds + spec.runtime.request_timeout_seconds + 10
+        ),
+    }
+    if spec.model.credentials and spec.model.credentials.service_account_name:
+        pod["serviceAccountName"] = spec.model.credentials.service_account_name
+    if source == "fetch":
+        pod["initContainers"] = [_fetch_container(md, config)]
+    pod["containers"] = [_runtime_container(md, config)]
+    pod["volumes"] = _volumes(md, config)
+    if scheduling.node_selector:
+        pod["nodeSelector"] = dict(sorted(scheduling.node_selector.items()))
+    if tolerations := _tolerations(md):
+        pod["tolerations"] = tolerations
+    if scheduling.affinity:
+        pod["affinity"] = scheduling.affinity.model_dump(by_alias=True, exclude_none=True)
+    if scheduling.priority_class_name:
+        pod["priorityClassName"] = scheduling.priority_class_name
+    return pod
+
+
+def render_deployment(md: ModelDeployment, config: OperatorConfig) -> Obj:
+    spec = md.spec
+    deployment_spec: Obj = {}
+    if spec.autoscaling is None:
+        # With an HPA the field is left out entirely, so the operator never fights it.
+        deployment_spec["replicas"] = spec.replicas
+    deployment_spec |= {
+        "selector": {"matchLabels": names.selector_labels(md.name)},
+        "strategy": {
+            "type": "RollingUpdate",
+            "rollingUpdate": {
+                "maxSurge": spec.rollout.max_surge,
+                "maxUnavailable": spec.rollout.max_unavailable,
+            },
+        },
+        "progressDeadlineSeconds": spec.rollout.progress_deadline_seconds,
+        "revisionHistoryLimit": 5,
+        "template": {
+            "metadata": {
+                "labels": names.common_labels(md.name),
+                "annotations": {
+                    "prometheus.io/scrape": "true",
+                    "prometheus.io/port": str(CONTAINER_PORT),
+                    "prometheus.io/path": "/metrics",
+                },
+            },
+            "spec": _pod_spec(md, config),
+        },
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(md, "Deployment"),
+        "spec": deployment_spec,
+    }
+
+
+def render_service(md: ModelDeployment, config: OperatorConfig) -> Obj:
+    del config
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(md, "Service"),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": names.selector_labels(md.name),
+            "ports": [
+                {
+                    "name": names.HTTP_PORT_NAME,
+                    "port": names.SERVICE_PORT,
+                    "targetPort": names.HTTP_PORT_NAME,
+                    "protocol": "TCP",
+                    "appProtocol": "http",
+                }
+            ],
+        },
+    }
+
+
+def _hpa_metric(metric: str, target: int) -> Obj:
+    if metric == "pendingRequests":
+        return {
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": "modelplane_pending_requests"},
+                "target": {"type": "AverageValue", "averageValue": str(target)},
+            },
+        }
+    return {
+        "type": "Resource",
+        "resource": {
+            "name": metric,
+            "target": {"type": "Utilization", "averageUtilization": target},
+        },
+    }
+
+
+def render_hpa(md: ModelDeployment, config: OperatorConfig) -> Obj | None:
+    del config
+    scaling = md.spec.autoscaling
+    if scaling is None:
+        return None
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _metadata(md, "HorizontalPodAutoscaler"),
+        "spec": {
+            "scaleTargetRef": {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "name": names.child_name(md.name, "Deployment"),
+            },
+            "minReplicas": scaling.min_replicas,
+            "maxReplicas": scaling.max_replicas,
+            "metrics": [_hpa_metric(scaling.metric, scaling.target)],
+        },
+    }
+
+
+def guaranteed_replicas(md: ModelDeployment) -> int:
+    scaling = md.spec.autoscaling
+    return scaling.min_replicas if scaling else md.spec.replicas
+
+
+def render_pdb(md: ModelDeployment, config: OperatorConfig) -> Obj | None:
+    """Only with at least 2 replicas guaranteed: a PDB on 1 replica blocks node drains."""
+    del config
+    if guaranteed_replicas(md) < 2:
+        return None
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(md, "PodDisruptionBudget"),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": names.selector_labels(md.name)},
+        },
+    }
+
+
+def render_children(md: ModelDeployment, config: OperatorConfig) -> list[Obj]:
+    """Every object the operator applies for this ModelDeployment, in apply order."""
+    rendered = (
+        render_deployment(md, config),
+        render_service(md, config),
+        render_hpa(md, config),
+        render_pdb(md, config),
+    )
+    return [obj for obj in rendered if obj is not None]
+
+
+def service_url(md: ModelDeployment, config: OperatorConfig) -> str:
+    """The in-cluster OIP base URL."""
+    service = names.child_name(md.name, "Service")
+    return f"http://{service}.{md.namespace}.svc.{config.cluster_domain}"

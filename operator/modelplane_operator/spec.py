@@ -1,0 +1,542 @@
+"""The ModelDeployment resource as typed pydantic models.
+
+The CRD's openAPIV3Schema is generated from these models (see ``crd.py``), so
+field names, types, bounds and defaults cannot drift apart. Rules that span
+fields are declared once as :class:`CrossFieldRule`: a CEL expression for the
+API server and the equivalent Python check for everything that parses a spec
+without one (the operator, ``modelplane render``, ``modelplane serve``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    JsonValue,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError
+
+from modelplane_operator.names import API_VERSION, KIND, MAX_NAME_LENGTH
+
+# Kubernetes resource.Quantity, without a sign: negative amounts make no sense here.
+QUANTITY_PATTERN = (
+    r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+PERCENT_OR_INT_PATTERN = r"^(100|[1-9]?[0-9])%$"
+URI_SCHEMES = ("s3", "gs", "http", "https", "pvc", "file")
+NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+RESOURCE_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[a-zA-Z0-9]([-_.a-zA-Z0-9]*[a-zA-Z0-9])?$"
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+
+
+@dataclass(frozen=True)
+class CrossFieldRule:
+    """One validation rule, stated for both the API server (CEL) and Python."""
+
+    cel: str
+    message: str
+    check: Callable[[Any], bool]
+    field_path: str | None = None
+
+    def as_crd(self) -> dict[str, str]:
+        rule = {"rule": self.cel, "message": self.message}
+        if self.field_path:
+            rule["fieldPath"] = self.field_path
+        return rule
+
+
+def _quantity(value: str) -> str:
+    if not re.fullmatch(QUANTITY_PATTERN, value):
+        raise PydanticCustomError(
+            "quantity",
+            "'{value}' is not a Kubernetes quantity; write e.g. 500m, 2, 512Mi or 4Gi",
+            {"value": value},
+        )
+    return value
+
+
+def _number_to_text(value: object) -> object:
+    # YAML reads `cpu: 1` as an int; Kubernetes accepts it as a quantity.
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+Quantity = Annotated[
+    str,
+    BeforeValidator(_number_to_text),
+    AfterValidator(_quantity),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "x-kubernetes-int-or-string": True,
+            "pattern": QUANTITY_PATTERN,
+        }
+    ),
+]
+
+
+def _percent_or_int(value: int | str) -> int | str:
+    if isinstance(value, int):
+        if value < 0:
+            raise PydanticCustomError("int_or_percent", "must not be negative", {})
+    elif not re.fullmatch(PERCENT_OR_INT_PATTERN, value):
+        raise PydanticCustomError(
+            "int_or_percent",
+            "'{value}' must be a whole number or a percentage like 25%",
+            {"value": value},
+        )
+    return value
+
+
+IntOrPercent = Annotated[
+    int | str,
+    AfterValidator(_percent_or_int),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string"}],
+            "x-kubernetes-int-or-string": True,
+            "pattern": PERCENT_OR_INT_PATTERN,
+        }
+    ),
+]
+
+
+def _pattern_check(pattern: str, what: str) -> AfterValidator:
+    def check(value: str) -> str:
+        if not re.fullmatch(pattern, value):
+            raise PydanticCustomError("pattern", "'{value}' must be " + what, {"value": value})
+        return value
+
+    return AfterValidator(check)
+
+
+def _pattern_rule(pattern: str, what: str) -> Any:
+    """The same check as CEL, with the same message, for the API server."""
+    rule: dict[str, JsonValue] = {
+        "rule": f"self.matches('{pattern}')",
+        "message": f"must be {what}",
+    }
+    return Field(json_schema_extra={"x-kubernetes-validations": [rule]})
+
+
+_SHA256 = (SHA256_PATTERN, "64 lowercase hex characters")
+_RESOURCE_NAME = (RESOURCE_NAME_PATTERN, "a domain-prefixed resource such as nvidia.com/gpu")
+_NAME = (
+    NAME_PATTERN,
+    "a DNS-1035 label: lowercase letters, digits and '-', starting with a letter",
+)
+
+Sha256 = Annotated[str, _pattern_check(*_SHA256), _pattern_rule(*_SHA256)]
+ExtendedResourceName = Annotated[
+    str, _pattern_check(*_RESOURCE_NAME), _pattern_rule(*_RESOURCE_NAME)
+]
+DnsLabel = Annotated[str, _pattern_check(*_NAME), _pattern_rule(*_NAME)]
+
+
+class SpecModel(BaseModel):
+    """Base for spec parts: camelCase on the wire, unknown fields rejected, no coercion."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        strict=True,
+        frozen=True,
+    )
+    rules: ClassVar[tuple[CrossFieldRule, ...]] = ()
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = handler(core_schema)
+        if cls.rules:
+            target = handler.resolve_ref_schema(schema)
+            target["x-kubernetes-validations"] = [rule.as_crd() for rule in cls.rules]
+        return schema
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> SpecModel:
+        for rule in self.rules:
+            if not rule.check(self):
+                raise PydanticCustomError(
+                    "cross_field", rule.message, {"field_path": rule.field_path or ""}
+                )
+        return self
+
+
+def _is_zero(value: int | str) -> bool:
+    return value in (0, "0%")
+
+
+# --- spec.model -------------------------------------------------------------
+
+
+class SecretRef(SpecModel):
+    name: Annotated[str, Field(min_length=1, max_length=253)]
+
+
+class Credentials(SpecModel):
+    """Where the model-fetch init container gets cloud credentials."""
+
+    secret_ref: SecretRef | None = Field(
+        default=None, description="Secret whose keys become the fetch container's environment."
+    )
+    service_account_name: str | None = Field(
+        default=None,
+        max_length=253,
+        description="Service account for workload identity (IRSA, GKE Workload Identity).",
+    )
+
+    rules = (
+        CrossFieldRule(
+            cel="has(self.secretRef) != has(self.serviceAccountName)",
+            message="set exactly one of secretRef or serviceAccountName",
+            check=lambda c: (c.secret_ref is None) != (c.service_account_name is None),
+        ),
+    )
+
+
+class ModelSource(SpecModel):
+    uri: str = Field(
+        max_length=2048,
+        description="s3://bucket/key, gs://bucket/key, http(s)://..., pvc://claim/path "
+        "or file:///absolute/path/in/image",
+    )
+    sha256: Sha256 | None = Field(
+        default=None, max_length=64, description="A mismatch fails the fetch."
+    )
+    credentials: Credentials | None = None
+
+    rules = (
+        CrossFieldRule(
+            cel="self.uri.matches('^(" + "|".join(URI_SCHEMES) + ")://.+')",
+            message="uri must start with one of " + ", ".join(f"{s}://" for s in URI_SCHEMES),
+            check=lambda m: re.match(r"^(" + "|".join(URI_SCHEMES) + r")://.+", m.uri) is not None,
+            field_path=".uri",
+        ),
+        CrossFieldRule(
+            cel="!self.uri.startsWith('pvc://') "
+            "|| self.uri.matches('^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/.+')",
+            message="a pvc uri must be pvc://<claim-name>/<path/to/model.onnx>",
+            check=lambda m: (
+                not m.uri.startswith("pvc://")
+                or re.match(r"^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/.+", m.uri) is not None
+            ),
+            field_path=".uri",
+        ),
+        CrossFieldRule(
+            cel="!self.uri.startsWith('file://') || self.uri.matches('^file:///.+')",
+            message="a file uri must be absolute: file:///path/in/image/model.onnx",
+            check=lambda m: not m.uri.startswith("file://") or m.uri.startswith("file:///"),
+            field_path=".uri",
+        ),
+    )
+
+
+# --- spec.runtime -----------------------------------------------------------
+
+ExecutionProvider = Literal[
+    "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
+]
+
+
+class Threads(SpecModel):
+    intra_op: int = Field(default=0, ge=0, le=1024, description="0 lets onnxruntime choose.")
+    inter_op: int = Field(default=0, ge=0, le=1024, description="0 lets onnxruntime choose.")
+
+
+class Batching(SpecModel):
+    max_batch_size: int = Field(default=32, ge=1, le=4096, description="1 turns batching off.")
+    max_latency_ms: int = Field(default=5, ge=0, le=60000)
+
+
+class Warmup(SpecModel):
+    iterations: int = Field(default=3, ge=0, le=1000)
+
+
+class RuntimeSpec(SpecModel):
+    image: str | None = Field(
+        default=None, min_length=1, max_length=512, description="Defaults to the operator's."
+    )
+    execution_providers: list[ExecutionProvider] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=3,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+        description="In order of preference; defaults to CUDA then CPU with a GPU, else CPU.",
+    )
+    allow_cpu_fallback: bool = Field(
+        default=False, description="Serve on CPU when the GPU provider cannot load."
+    )
+    graph_optimization_level: Literal["disabled", "basic", "extended", "all"] = "all"
+    threads: Threads = Field(default_factory=Threads)
+    batching: Batching = Field(default_factory=Batching)
+    warmup: Warmup = Field(default_factory=Warmup)
+    request_timeout_seconds: int = Field(default=60, ge=1, le=3600)
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, le=2**31 - 1)
+
+
+# --- spec.resources ---------------------------------------------------------
+
+
+class ResourceAmounts(SpecModel):
+    cpu: Quantity | None = None
+    memory: Quantity | None = None
+    ephemeral_storage: Quantity | None = Field(default=None, alias="ephemeral-storage")
+
+
+class Gpu(SpecModel):
+    count: int = Field(default=0, ge=0, le=64)
+    resource_name: ExtendedResourceName = Field(default="nvidia.com/gpu", max_length=253)
+
+
+class Resources(SpecModel):
+    requests: ResourceAmounts | None = None
+    limits: ResourceAmounts | None = None
+    gpu: Gpu = Field(default_factory=Gpu)
+
+
+# --- spec.autoscaling, scheduling, rollout ----------------------------------
+
+
+class Autoscaling(SpecModel):
+    min_replicas: int = Field(default=1, ge=1, le=1000)
+    max_replicas: int = Field(ge=1, le=1000)
+    metric: Literal["cpu", "memory", "pendingRequests"] = Field(
+        default="cpu",
+        description="cpu/memory: average utilisation in percent of requests; "
+        "pendingRequests: average in-flight requests per pod (needs a custom-metrics adapter).",
+    )
+    target: int = Field(default=70, ge=1, le=10000)
+
+    rules = (
+        CrossFieldRule(
+            cel="self.minReplicas <= self.maxReplicas",
+            message="minReplicas must be less than or equal to maxReplicas",
+            check=lambda a: a.min_replicas <= a.max_replicas,
+            field_path=".minReplicas",
+        ),
+    )
+
+
+class Toleration(SpecModel):
+    key: str | None = Field(default=None, max_length=316)
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = Field(default=None, max_length=63)
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+AffinityTerm = Annotated[
+    dict[str, Any],
+    WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
+]
+
+
+class Affinity(SpecModel):
+    """corev1.Affinity; its contents are checked by the API server on apply."""
+
+    node_affinity: AffinityTerm | None = None
+    pod_affinity: AffinityTerm | None = None
+    pod_anti_affinity: AffinityTerm | None = None
+
+
+class Scheduling(SpecModel):
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(
+        default_factory=list, max_length=64, json_schema_extra={"x-kubernetes-list-type": "atomic"}
+    )
+    affinity: Affinity | None = None
+    priority_class_name: str | None = Field(default=None, max_length=253)
+
+
+class Rollout(SpecModel):
+    max_surge: IntOrPercent = "25%"
+    max_unavailable: IntOrPercent = 0
+    progress_deadline_seconds: int = Field(default=600, ge=30, le=86400)
+
+    rules = (
+        CrossFieldRule(
+            # int-or-string: string() makes 0 and '0%' comparable in CEL.
+            cel="!(string(self.maxSurge) in ['0', '0%'] "
+            "&& string(self.maxUnavailable) in ['0', '0%'])",
+            message="maxSurge and maxUnavailable cannot both be zero",
+            check=lambda r: not (_is_zero(r.max_surge) and _is_zero(r.max_unavailable)),
+        ),
+    )
+
+
+# --- the whole spec ---------------------------------------------------------
+
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def _providers_match_gpu(spec: ModelDeploymentSpec) -> bool:
+    providers = spec.runtime.execution_providers
+    if providers is None:
+        return True
+    wants_gpu = any(p in GPU_PROVIDERS for p in providers)
+    return wants_gpu == (spec.resources.gpu.count > 0)
+
+
+class ModelDeploymentSpec(SpecModel):
+    model: ModelSource
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+    resources: Resources = Field(default_factory=Resources)
+    replicas: int = Field(
+        default=1, ge=0, le=1000, description="Ignored while autoscaling is set: the HPA owns it."
+    )
+    autoscaling: Autoscaling | None = None
+    scheduling: Scheduling = Field(default_factory=Scheduling)
+    rollout: Rollout = Field(default_factory=Rollout)
+
+    rules = (
+        CrossFieldRule(
+            cel="!has(self.runtime) || !has(self.runtime.executionProviders) || "
+            "(self.runtime.executionProviders.exists(p, p != 'CPUExecutionProvider') == "
+            "(has(self.resources) && has(self.resources.gpu) && has(self.resources.gpu.count) "
+            "&& self.resources.gpu.count > 0))",
+            message="runtime.executionProviders lists a GPU provider exactly when "
+            "resources.gpu.count > 0: request a GPU, or use CPUExecutionProvider only",
+            check=_providers_match_gpu,
+            field_path=".runtime.executionProviders",
+        ),
+    )
+
+    def execution_providers(self) -> tuple[str, ...]:
+        """Explicit providers, else CUDA then CPU with a GPU, else CPU."""
+        if self.runtime.execution_providers:
+            return tuple(self.runtime.execution_providers)
+        if self.resources.gpu.count > 0:
+            return ("CUDAExecutionProvider", "CPUExecutionProvider")
+        return ("CPUExecutionProvider",)
+
+
+# --- status -----------------------------------------------------------------
+
+
+class StatusModel(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+class Condition(StatusModel):
+    """metav1.Condition."""
+
+    type: str = Field(max_length=316)
+    status: Literal["True", "False", "Unknown"]
+    observed_generation: int | None = Field(default=None, ge=0)
+    last_transition_time: str = Field(json_schema_extra={"format": "date-time"})
+    reason: str = Field(max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+    message: str = Field(default="", max_length=32768)
+
+
+class ModelStatus(StatusModel):
+    uri: str | None = None
+    sha256: str | None = None
+
+
+class ModelDeploymentStatus(StatusModel):
+    observed_generation: int | None = None
+    url: str | None = None
+    replicas: int | None = None
+    ready_replicas: int | None = None
+    selector: str | None = None
+    model: ModelStatus | None = None
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+
+
+# --- the resource -----------------------------------------------------------
+
+
+class ObjectMeta(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: DnsLabel = Field(max_length=MAX_NAME_LENGTH)
+    namespace: str = "default"
+    uid: str | None = None
+    generation: int | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class ModelDeployment(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    api_version: Literal["modelplane.io/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["ModelDeployment"]
+    metadata: ObjectMeta
+    spec: ModelDeploymentSpec
+    status: dict[str, Any] | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata.name)
+
+    @property
+    def namespace(self) -> str:
+        return self.metadata.namespace
+
+
+class InvalidSpecError(ValueError):
+    """A ModelDeployment that cannot be served, with one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", part):
+            path += f".{part}" if path else part
+        else:
+            path += f"[{part!r}]"
+    return path or "(root)"
+
+
+def _problem(error: Any) -> str:
+    path = _field_path(tuple(error["loc"]))
+    kind = error["type"]
+    if kind == "cross_field":
+        path += error["ctx"]["field_path"]
+    if kind == "missing":
+        return f"{path}: required field is missing"
+    if kind == "extra_forbidden":
+        return f"{path}: unknown field; remove it (see `kubectl explain modeldeployment.spec`)"
+    if kind == "literal_error" and path in {"apiVersion", "kind"}:
+        return f"{path}: must be {API_VERSION if path == 'apiVersion' else KIND}"
+    return f"{path}: {error['msg']}"
+
+
+def parse_model_deployment(obj: dict[str, Any]) -> ModelDeployment:
+    """Validate a ModelDeployment; raise InvalidSpecError naming every bad field."""
+    if not isinstance(obj, dict):
+        raise InvalidSpecError([f"(root): expected a {KIND} mapping, got {type(obj).__name__}"])
+    try:
+        return ModelDeployment.model_validate(obj)
+    except ValidationError as exc:
+        problems = [_problem(e) for e in exc.errors(include_url=False)]
+        raise InvalidSpecError(problems) from None

@@ -1,0 +1,1 @@
+"""modelplane runtime: serves ONNX models over the Open Inference Protocol."""

@@ -1,0 +1,1 @@
+"""Helpers shared by the test suites: validators and fixtures built in code."""

@@ -1,0 +1,92 @@
+"""Validate an object against the CRD offline, the way the API server would.
+
+Order as in the API server: defaults from the schema, then OpenAPI schema
+validation (strict: unknown fields rejected, as `kubectl apply` does by
+default since 1.27), then the CEL `x-kubernetes-validations` rules (cel-python).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import celpy
+import jsonschema
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CRD_FILE = REPO / "manifests/crds/modelplane.io_modeldeployments.yaml"
+
+
+def load_crd() -> dict[str, Any]:
+    crd: dict[str, Any] = yaml.safe_load(CRD_FILE.read_text())
+    return crd
+
+
+def crd_schema() -> dict[str, Any]:
+    schema: dict[str, Any] = load_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return schema
+
+
+def _strict(schema: Any) -> Any:
+    """Unknown fields become errors, except where the schema preserves them."""
+    if isinstance(schema, list):
+        return [_strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _strict(v) for k, v in schema.items()}
+    if "properties" in out and not out.get("x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
+    return out
+
+
+def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
+    if isinstance(value, dict):
+        for key, sub in schema.get("properties", {}).items():
+            if key not in value and "default" in sub:
+                value[key] = copy.deepcopy(sub["default"])
+            if key in value:
+                value[key] = apply_defaults(sub, value[key])
+    elif isinstance(value, list) and "items" in schema:
+        return [apply_defaults(schema["items"], item) for item in value]
+    return value
+
+
+_CEL = celpy.Environment()
+
+
+def _cel_errors(schema: dict[str, Any], value: Any, path: str) -> list[str]:
+    errors: list[str] = []
+    for rule in schema.get("x-kubernetes-validations", []):
+        where = (path + rule.get("fieldPath", "")).lstrip(".") or "(root)"
+        try:
+            program = _CEL.program(_CEL.compile(rule["rule"]))
+            ok = program.evaluate({"self": celpy.json_to_cel(value)})
+        except Exception as exc:  # noqa: BLE001 - any CEL failure rejects, as in the API server
+            errors.append(f"{where}: rule {rule['rule']!r} failed to evaluate: {exc}")
+            continue
+        if isinstance(ok, Exception) or not bool(ok):
+            errors.append(f"{where}: {rule.get('message', rule['rule'])}")
+    if isinstance(value, dict):
+        for key, sub in schema.get("properties", {}).items():
+            if key in value:
+                errors += _cel_errors(sub, value[key], f"{path}.{key}" if path else key)
+    elif isinstance(value, list) and "items" in schema:
+        for index, item in enumerate(value):
+            errors += _cel_errors(schema["items"], item, f"{path}[{index}]")
+    return errors
+
+
+def validate_against_crd(obj: dict[str, Any]) -> list[str]:
+    """Every problem the API server would report for this ModelDeployment; [] if valid."""
+    schema = crd_schema()
+    value = apply_defaults(schema, copy.deepcopy(obj))
+    validator = jsonschema.Draft7Validator(_strict(schema))
+    errors = [
+        f"{'.'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message}"
+        for e in sorted(validator.iter_errors(value), key=lambda e: list(map(str, e.path)))
+    ]
+    if errors:
+        return errors  # the API server stops before CEL when the schema fails
+    return _cel_errors(schema, value, "")

@@ -1,0 +1,71 @@
+"""`modelplane render -f FILE` through the installed console script."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from test_operator.samples import SAMPLE_FILES, SAMPLES_DIR
+
+MODELPLANE = shutil.which("modelplane") or str(Path(sys.executable).parent / "modelplane")
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [MODELPLANE, *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_render_is_byte_identical_across_runs() -> None:
+    sample = str(SAMPLES_DIR / "autoscaling.yaml")
+    first, second = _run("render", "-f", sample), _run("render", "-f", sample)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout
+    kinds = [d["kind"] for d in yaml.safe_load_all(first.stdout)]
+    assert kinds == ["Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"]
+
+
+def test_render_many_documents(tmp_path: Path) -> None:
+    both = tmp_path / "both.yaml"
+    both.write_text("\n---\n".join(p.read_text() for p in SAMPLE_FILES))
+    result = _run("render", "-f", str(both))
+    assert result.returncode == 0, result.stderr
+    names = {d["metadata"]["name"] for d in yaml.safe_load_all(result.stdout)}
+    assert len(names) == len(SAMPLE_FILES)
+
+
+def test_invalid_file_gives_one_line_per_problem(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "apiVersion: modelplane.io/v1alpha1\nkind: ModelDeployment\n"
+        "metadata: {name: bad}\n"
+        "spec:\n  model: {uri: 'ftp://x/m.onnx'}\n  replicas: -2\n  colour: blue\n"
+    )
+    result = _run("render", "-f", str(bad))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 3, lines
+    assert any("spec.model.uri" in line and "s3://" in line for line in lines)
+    assert any("spec.replicas" in line for line in lines)
+    assert any("spec.colour: unknown field" in line for line in lines)
+    assert all(line.startswith(f"{bad} (bad): ") for line in lines)
+
+
+def test_bad_arguments_and_files_give_one_line(tmp_path: Path) -> None:
+    not_yaml = tmp_path / "broken.yaml"
+    not_yaml.write_text("spec: [unclosed\n")
+    for args in (
+        ("render",),
+        ("render", "-f", str(tmp_path / "missing.yaml")),
+        ("render", "-f", str(not_yaml)),
+        ("launch",),
+    ):
+        result = _run(*args)
+        assert result.returncode == 2, args
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "Traceback" not in result.stderr
