@@ -8,6 +8,7 @@ BIN := $(VENV)/bin
 # torch==2.13.0 is a CPU wheel; an unpinned torch pulls a multi-GB CUDA build.
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
+CODE := $(wildcard operator runtime tests bench)
 
 .PHONY: demo test lint typecheck unit crd golden clean
 
@@ -25,8 +26,8 @@ demo: $(STAMP)
 test: lint typecheck unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check operator runtime tests bench
-	$(BIN)/ruff format --check operator runtime tests bench
+	$(BIN)/ruff check $(CODE)
+	$(BIN)/ruff format --check $(CODE)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy operator/modelplane_operator runtime/modelplane_runtime tests
