@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	@$(BIN)/python -m modelplane_operator.demo
+	@$(BIN)/python -m modelplane_runtime.demo
 
 test: lint typecheck unit
 

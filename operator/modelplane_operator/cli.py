@@ -2,6 +2,7 @@
 
 ``modelplane render -f FILE`` prints exactly the objects the operator applies
 for the ModelDeployments in FILE (owner references are added at apply time).
+``modelplane serve|fetch|export`` are the runtime's tools (see modelplane_runtime.cli).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import yaml
 
@@ -18,15 +19,9 @@ from modelplane_operator.config import OperatorConfig
 from modelplane_operator.render import render_children
 from modelplane_operator.spec import InvalidSpecError, ModelDeployment, parse_model_deployment
 from modelplane_operator.yaml_text import dump_all
-
-
-class UsageError(Exception):
-    """Bad input to the CLI: reported as one line on stderr, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message} (see --help)")
+from modelplane_runtime import cli as runtime_cli
+from modelplane_runtime.cli import Parser
+from modelplane_runtime.errors import UsageError
 
 
 def load_model_deployments(path: Path) -> list[ModelDeployment]:
@@ -68,19 +63,23 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="modelplane", description=__doc__.split("\n\n")[0] if __doc__ else None)
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = Parser(prog="modelplane", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     render = commands.add_parser(
         "render", help="print the Kubernetes objects the operator applies for a ModelDeployment"
     )
     render.add_argument("-f", "--file", required=True, help="ModelDeployment YAML (may hold many)")
     render.set_defaults(handler=_render)
+    # serve, fetch, export: the runtime's commands, with its error handling (runtime_cli.run).
+    runtime_cli.add_commands(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        if args.command != "render":
+            return runtime_cli.run(args)
         status: int = args.handler(args)
     except UsageError as exc:
         print(exc, file=sys.stderr)  # noqa: T201

@@ -1,0 +1,3 @@
+from modelplane_runtime.cli import main
+
+raise SystemExit(main())

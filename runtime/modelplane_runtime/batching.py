@@ -1,0 +1,186 @@
+"""Adaptive batching: concurrent requests merged along axis 0, split back per request.
+
+One compute lane (a single thread running onnxruntime, which releases the GIL).
+When the lane is free, every queued request compatible with the oldest one is
+merged, up to ``max_batch_size`` rows, and run at once; under load requests
+accumulate while the lane computes, so batches grow with the load and a lone
+request never waits for company. The only deliberate wait: when other requests
+are already being decoded, the batch waits for them, at most ``max_latency_ms``
+after its oldest request arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from modelplane_runtime.errors import NotReady
+from modelplane_runtime.metrics import RuntimeMetrics
+from modelplane_runtime.model import OnnxModel, rows
+
+Arrays = dict[str, np.ndarray[Any, Any]]
+Outputs = list[np.ndarray[Any, Any]]
+
+
+@dataclass(eq=False)
+class _Pending:
+    arrays: Arrays
+    rows: int
+    key: tuple[Any, ...]
+    future: asyncio.Future[Outputs]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class Batcher:
+    def __init__(
+        self,
+        model: OnnxModel,
+        *,
+        max_batch_size: int,
+        max_latency_ms: int,
+        metrics: RuntimeMetrics,
+        more_coming: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.model = model
+        self.max_batch_size = max_batch_size if model.batchable else 1
+        self.max_latency = max_latency_ms / 1000
+        self.metrics = metrics
+        self.more_coming = more_coming  # are requests already being read off the wire?
+        self._queue: deque[_Pending] = deque()
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._dispatch(), name="batcher")
+
+    async def stop(self) -> None:
+        """Finish everything queued, then stop the compute lane."""
+        self._stopping = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+        self._executor.shutdown(wait=True)
+
+    async def infer(self, arrays: Arrays) -> Outputs:
+        if self._stopping:
+            raise NotReady("the server is shutting down")
+        loop = asyncio.get_running_loop()
+        pending = _Pending(arrays, rows(arrays), self._key(arrays), loop.create_future())
+        self._queue.append(pending)
+        self._wakeup.set()
+        return await pending.future
+
+    def _key(self, arrays: Arrays) -> tuple[Any, ...]:
+        """Requests with equal keys can be concatenated along axis 0."""
+        return tuple((name, a.dtype.str, a.shape[1:]) for name, a in arrays.items())
+
+    # --- the dispatcher -------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        while True:
+            while not self._queue:
+                if self._stopping:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            batch = self._take([])
+            if not batch:
+                continue
+            await self._wait_for_arrivals(batch)
+            await self._run(batch)
+
+    def _take(self, batch: list[_Pending]) -> list[_Pending]:
+        """Move compatible live requests from the queue into ``batch``, oldest first."""
+        room = self.max_batch_size - sum(p.rows for p in batch)
+        kept: deque[_Pending] = deque()
+        while self._queue:
+            pending = self._queue.popleft()
+            if pending.future.done():  # cancelled by its caller's timeout
+                continue
+            if not batch or (pending.key == batch[0].key and pending.rows <= room):
+                batch.append(pending)
+                room -= pending.rows
+            else:
+                kept.append(pending)
+            if room <= 0:
+                break
+        kept.extend(self._queue)
+        self._queue = kept
+        return batch
+
+    async def _wait_for_arrivals(self, batch: list[_Pending]) -> None:
+        deadline = batch[0].enqueued + self.max_latency
+        while self.more_coming() and sum(p.rows for p in batch) < self.max_batch_size:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
+            self._take(batch)
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        started = time.perf_counter()
+        for pending in batch:
+            self.metrics.queue_seconds.observe(started - pending.enqueued)
+        total = sum(p.rows for p in batch)
+        if len(batch) == 1:
+            merged = batch[0].arrays
+        else:
+            merged = {
+                name: np.concatenate([p.arrays[name] for p in batch]) for name in batch[0].arrays
+            }
+        try:
+            outputs = await self._compute(self.model.run, merged)
+        except Exception as exc:  # noqa: BLE001 - delivered to every caller of the batch
+            if len(batch) > 1:
+                await self._run_one_by_one(batch)  # one bad request must not fail the others
+                return
+            _deliver(batch[0], error=exc)
+            return
+        finally:
+            self.metrics.compute_seconds.observe(time.perf_counter() - started)
+            self.metrics.batch_size.observe(total)
+        if len(batch) == 1:
+            _deliver(batch[0], result=outputs)
+        elif all(o.ndim and o.shape[0] == total for o in outputs):
+            start = 0
+            for pending in batch:
+                end = start + pending.rows
+                _deliver(pending, result=[o[start:end] for o in outputs])
+                start = end
+        else:  # outputs not aligned with the batch axis: cannot be split
+            await self._run_one_by_one(batch)
+
+    async def _run_one_by_one(self, batch: list[_Pending]) -> None:
+        for pending in batch:
+            try:
+                _deliver(pending, result=await self._compute(self.model.run, pending.arrays))
+            except Exception as exc:  # noqa: BLE001
+                _deliver(pending, error=exc)
+
+    async def _compute(self, function: Callable[[Arrays], Outputs], arrays: Arrays) -> Outputs:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, function, arrays)
+
+
+def _deliver(
+    pending: _Pending, *, result: Outputs | None = None, error: BaseException | None = None
+) -> None:
+    if pending.future.done():
+        return
+    if error is not None:
+        pending.future.set_exception(error)
+    else:
+        pending.future.set_result(result if result is not None else [])

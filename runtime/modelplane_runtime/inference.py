@@ -1,0 +1,114 @@
+"""The inference engine: model, batcher and readiness, for one served model.
+
+The service calls :meth:`InferenceEngine.infer` with a parsed request and gets
+back the OIP response body; everything between the wire and onnxruntime is here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from modelplane_runtime.batching import Batcher
+from modelplane_runtime.errors import ModelNotFound, NotReady, RequestTimeout
+from modelplane_runtime.metrics import RuntimeMetrics
+from modelplane_runtime.model import ModelLoadError, OnnxModel
+from modelplane_runtime.protocol import InferenceRequest, tensor_to_wire
+from modelplane_runtime.settings import RuntimeSettings
+
+log = logging.getLogger("modelplane.runtime")
+
+
+class InferenceEngine:
+    def __init__(self, settings: RuntimeSettings) -> None:
+        self.settings = settings
+        self.metrics = RuntimeMetrics(settings.model_name)
+        self.model: OnnxModel | None = None
+        self.not_ready_reason: str | None = "the model is loading"
+        self.draining = False
+        self.arriving = 0  # infer requests whose body is still being read
+        self._batcher: Batcher | None = None
+
+    def load(self) -> None:
+        """Load and warm up the model; on failure stay up, not ready, saying why."""
+        started = time.perf_counter()
+        try:
+            model = OnnxModel.load(self.settings)
+            model.warm_up(self.settings.warmup_iterations, self.settings.max_batch_size)
+        except ModelLoadError as exc:
+            self.not_ready_reason = exc.message
+            log.error("model %s is not ready: %s", self.settings.model_name, exc.message)
+            return
+        self.model = model
+        self.metrics.loaded(model.provider)
+        self.not_ready_reason = None
+        log.info("model %s ready in %.2fs", model.name, time.perf_counter() - started)
+
+    def start(self) -> None:
+        if self.model is not None:
+            self._batcher = Batcher(
+                self.model,
+                max_batch_size=self.settings.max_batch_size,
+                max_latency_ms=self.settings.max_latency_ms,
+                metrics=self.metrics,
+                more_coming=lambda: self.arriving > 0,
+            )
+            self._batcher.start()
+
+    async def stop(self) -> None:
+        self.draining = True
+        if self._batcher is not None:
+            await self._batcher.stop()
+
+    @property
+    def ready(self) -> bool:
+        return self.readiness_problem() is None
+
+    def readiness_problem(self) -> str | None:
+        """Why a probe should take this pod out of the Service; None when ready."""
+        if self.draining:
+            return "the server is shutting down"
+        return self._serving_problem()
+
+    def _serving_problem(self) -> str | None:
+        """Why a request cannot be served. Draining is not a reason: accepted means answered."""
+        if self._batcher is None:
+            return self.not_ready_reason or "the model is loading"
+        return None
+
+    def model_for(self, name: str) -> OnnxModel:
+        """The served model by name: 404 for another name, 503 while not ready."""
+        if name != self.settings.model_name:
+            raise ModelNotFound(
+                f"model '{name}' is not served here; this server serves "
+                f"'{self.settings.model_name}'"
+            )
+        problem = self._serving_problem()
+        if self.model is None or problem is not None:
+            raise NotReady(f"model '{name}' is not ready: {problem}")
+        return self.model
+
+    async def infer(self, name: str, request: InferenceRequest) -> dict[str, Any]:
+        model = self.model_for(name)
+        assert self._batcher is not None
+        selected = model.check_outputs([o.name for o in request.outputs or []])
+        arrays = model.decode_inputs(request.inputs)
+        try:
+            async with asyncio.timeout(self.settings.request_timeout_seconds):
+                outputs = await self._batcher.infer(arrays)
+        except TimeoutError:
+            raise RequestTimeout(
+                f"inference did not finish within {self.settings.request_timeout_seconds}s"
+            ) from None
+        by_name = dict(zip(model.output_names, outputs, strict=True))
+        wanted = selected or model.output_names
+        body: dict[str, Any] = {
+            "model_name": model.name,
+            "model_version": "1",
+            "outputs": [tensor_to_wire(n, by_name[n]) for n in wanted],
+        }
+        if request.id is not None:
+            body["id"] = request.id
+        return body

@@ -1,0 +1,83 @@
+"""Settings for serving on a laptop: from an .onnx file or a ModelDeployment YAML."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from modelplane_runtime.errors import UsageError
+from modelplane_runtime.settings import RuntimeSettings
+
+CACHE = Path.home() / ".cache" / "modelplane" / "models"
+
+
+def settings_for_local_serving(
+    *,
+    model: str | None,
+    manifest: str | None,
+    name: str | None,
+    host: str,
+    port: int,
+    allow_cpu_fallback: bool,
+) -> RuntimeSettings:
+    if model is not None:
+        path = Path(model)
+        if not path.is_file():
+            raise UsageError(f"--model {model}: no such file")
+        # Everything the flags do not name still comes from MODELPLANE_* variables.
+        from_env = RuntimeSettings()
+        return from_env.model_copy(
+            update={
+                "model_name": name or path.stem,
+                "model_path": path,
+                "host": host,
+                "port": port,
+                "allow_cpu_fallback": allow_cpu_fallback or from_env.allow_cpu_fallback,
+            }
+        )
+    assert manifest is not None
+    return _from_manifest(Path(manifest), name, host, port, allow_cpu_fallback)
+
+
+def _from_manifest(
+    manifest: Path, name: str | None, host: str, port: int, allow_cpu_fallback: bool
+) -> RuntimeSettings:
+    # The operator's own parser and renderer: a local run gets exactly the pod's settings.
+    from modelplane_operator.cli import load_model_deployments
+    from modelplane_operator.render import runtime_settings
+    from modelplane_operator.spec import InvalidSpecError
+
+    try:
+        deployments = load_model_deployments(manifest)
+    except InvalidSpecError as exc:
+        raise UsageError(exc.problems[0] if len(exc.problems) == 1 else str(exc)) from None
+    if name is not None:
+        deployments = [md for md in deployments if md.name == name]
+    if len(deployments) != 1:
+        raise UsageError(
+            f"{manifest}: holds {len(deployments)} matching ModelDeployments; pick one with --name"
+        )
+    md = deployments[0]
+    uri = md.spec.model.uri
+    parts = urlsplit(uri)
+    if parts.scheme == "pvc":
+        raise UsageError(f"{uri}: a PVC lives in the cluster; serve the file with --model")
+    if parts.scheme == "file":
+        path = Path(parts.path)
+    else:
+        from modelplane_runtime.fetch import fetch
+
+        path = CACHE / hashlib.sha256(uri.encode()).hexdigest()[:16] / "model.onnx"
+        if not path.is_file():
+            fetch(uri, path, sha256=md.spec.model.sha256)
+    pod_settings = runtime_settings(md)
+    return pod_settings.model_copy(
+        update={
+            "model_path": path,
+            "model_sha256": md.spec.model.sha256,
+            "host": host,
+            "port": port,
+            "allow_cpu_fallback": allow_cpu_fallback or pod_settings.allow_cpu_fallback,
+        }
+    )

@@ -1,0 +1,74 @@
+"""Prometheus metrics, labelled by model; served on BentoML's /metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+_REQUESTS = Counter(
+    "modelplane_inference_requests",
+    "Inference requests answered, by outcome (success or the error's HTTP status).",
+    ["model", "outcome"],
+)
+_QUEUE = Histogram(
+    "modelplane_queue_seconds",
+    "Time a request waited for the compute lane.",
+    ["model"],
+    buckets=_LATENCY_BUCKETS,
+)
+_COMPUTE = Histogram(
+    "modelplane_compute_seconds",
+    "onnxruntime time per batch.",
+    ["model"],
+    buckets=_LATENCY_BUCKETS,
+)
+_BATCH = Histogram(
+    "modelplane_batch_size", "Rows per onnxruntime run.", ["model"], buckets=_BATCH_BUCKETS
+)
+_PENDING = Gauge(
+    "modelplane_pending_requests",
+    "Inference requests accepted and not yet answered: the autoscaling signal.",
+    ["model"],
+    multiprocess_mode="livesum",
+)
+_INFO = Gauge(
+    "modelplane_model_info",
+    "The loaded model and the execution provider in use.",
+    ["model", "execution_provider"],
+    multiprocess_mode="max",
+)
+
+
+class RuntimeMetrics:
+    """The metric children for one model, bound once instead of on every request."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.success = _REQUESTS.labels(model, "success")
+        self.queue_seconds = _QUEUE.labels(model)
+        self.compute_seconds = _COMPUTE.labels(model)
+        self.batch_size = _BATCH.labels(model)
+        self.pending = _PENDING.labels(model)
+
+    def failure(self, status: int) -> None:
+        _REQUESTS.labels(self.model, str(status)).inc()
+
+    def loaded(self, provider: str) -> None:
+        _INFO.labels(self.model, provider).set(1)

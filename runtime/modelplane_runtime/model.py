@@ -1,0 +1,280 @@
+"""The framework-free onnxruntime core: load, signature, validate, infer.
+
+Nothing here knows about HTTP or BentoML; the service maps requests onto
+:class:`OnnxModel` and its errors onto status codes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from modelplane_runtime.errors import BadRequest, ServingError
+from modelplane_runtime.protocol import DATATYPES, ONNX_TYPES, RequestInput, tensor_from_wire
+from modelplane_runtime.settings import GPU_PROVIDERS, RuntimeSettings
+
+log = logging.getLogger("modelplane.runtime")
+
+_OPTIMIZATION = {
+    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+class ModelLoadError(ServingError):
+    """The model cannot serve; the message becomes the readiness detail."""
+
+    status = 503
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]  # -1 for a dynamic dimension
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return DATATYPES[self.datatype]
+
+    def fits(self, shape: Sequence[int]) -> bool:
+        return len(shape) == len(self.shape) and all(
+            want in (-1, got) for want, got in zip(self.shape, shape, strict=True)
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+def _tensor_spec(node: Any, role: str) -> TensorSpec:
+    datatype = ONNX_TYPES.get(node.type)
+    if datatype is None:
+        raise ModelLoadError(
+            f"{role} '{node.name}' has type {node.type}, which modelplane does not serve "
+            f"(supported: {', '.join(sorted(ONNX_TYPES))})"
+        )
+    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (node.shape or []))
+    return TensorSpec(node.name, datatype, shape)
+
+
+def choose_providers(
+    requested: Sequence[str], available: Sequence[str], *, allow_cpu_fallback: bool
+) -> list[str]:
+    """The providers to ask onnxruntime for, in order; never a silent CPU fallback."""
+    usable = [p for p in requested if p in available]
+    wants_gpu = any(p in GPU_PROVIDERS for p in requested)
+    if wants_gpu and not any(p in GPU_PROVIDERS for p in usable):
+        missing = ", ".join(p for p in requested if p in GPU_PROVIDERS)
+        if not allow_cpu_fallback:
+            raise ModelLoadError(
+                f"{missing} requested but this onnxruntime offers only {', '.join(available)}; "
+                "install onnxruntime-gpu on a GPU node, or set runtime.allowCpuFallback "
+                "to serve on CPU"
+            )
+        log.warning("%s unavailable; serving on CPU because allowCpuFallback is set", missing)
+        return ["CPUExecutionProvider"]
+    return usable or ["CPUExecutionProvider"]
+
+
+def check_provider_in_use(
+    requested: Sequence[str], in_use: Sequence[str], *, allow_cpu_fallback: bool
+) -> str:
+    """onnxruntime falls back to CPU with only a warning when CUDA fails to load: refuse that."""
+    primary = in_use[0] if in_use else "CPUExecutionProvider"
+    wanted_gpu = any(p in GPU_PROVIDERS for p in requested)
+    if wanted_gpu and primary not in GPU_PROVIDERS and not allow_cpu_fallback:
+        raise ModelLoadError(
+            f"onnxruntime could not start {requested[0]} (the session runs on {primary}); "
+            "check the GPU driver and CUDA libraries on the node, or set "
+            "runtime.allowCpuFallback to serve on CPU"
+        )
+    return primary
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+SessionFactory = Callable[[str, ort.SessionOptions, list[str]], Any]
+
+
+def _create_session(path: str, options: ort.SessionOptions, providers: list[str]) -> Any:
+    return ort.InferenceSession(path, sess_options=options, providers=providers)
+
+
+class OnnxModel:
+    """One loaded ONNX model with its signature and the provider actually in use."""
+
+    def __init__(self, name: str, session: Any, provider: str) -> None:
+        self.name = name
+        self.session = session
+        self.provider = provider
+        self.inputs = {n.name: _tensor_spec(n, "input") for n in session.get_inputs()}
+        self.outputs = {n.name: _tensor_spec(n, "output") for n in session.get_outputs()}
+        self.output_names = list(self.outputs)
+        # Requests can be merged along axis 0 only when every tensor has a dynamic first axis.
+        self.batchable = all(
+            spec.shape and spec.shape[0] == -1
+            for spec in (*self.inputs.values(), *self.outputs.values())
+        )
+
+    @classmethod
+    def load(
+        cls,
+        settings: RuntimeSettings,
+        *,
+        available_providers: Sequence[str] | None = None,
+        session_factory: SessionFactory = _create_session,
+    ) -> OnnxModel:
+        path = Path(settings.model_path)
+        if not path.is_file():
+            raise ModelLoadError(f"model file {path} does not exist")
+        if settings.model_sha256:
+            actual = file_sha256(path)
+            if actual != settings.model_sha256:
+                raise ModelLoadError(
+                    f"model file {path} has sha256 {actual}, not the expected "
+                    f"{settings.model_sha256}; refusing to serve it"
+                )
+        available = (
+            ort.get_available_providers() if available_providers is None else available_providers
+        )
+        providers = choose_providers(
+            settings.execution_providers,
+            available,
+            allow_cpu_fallback=settings.allow_cpu_fallback,
+        )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = settings.intra_op_threads
+        options.inter_op_num_threads = settings.inter_op_threads
+        options.graph_optimization_level = _OPTIMIZATION[settings.graph_optimization_level]
+        # Spinning threads burn CPU quota between requests; a server is rarely compute-bound
+        # on every core at once.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        try:
+            session = session_factory(str(path), options, providers)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own hierarchy
+            raise ModelLoadError(f"onnxruntime cannot load {path}: {exc}") from None
+        provider = check_provider_in_use(
+            settings.execution_providers,
+            session.get_providers(),
+            allow_cpu_fallback=settings.allow_cpu_fallback,
+        )
+        model = cls(settings.model_name, session, provider)
+        log.info(
+            "loaded %s from %s on %s (batchable=%s)", model.name, path, provider, model.batchable
+        )
+        return model
+
+    # --- requests -----------------------------------------------------------
+
+    def decode_inputs(self, inputs: Sequence[RequestInput]) -> dict[str, np.ndarray[Any, Any]]:
+        """Check wire inputs against the signature and turn them into arrays."""
+        arrays: dict[str, np.ndarray[Any, Any]] = {}
+        for item in inputs:
+            spec = self.inputs.get(item.name)
+            if spec is None:
+                raise BadRequest(
+                    f"unknown input '{item.name}'; the model's inputs are "
+                    + ", ".join(f"'{n}'" for n in self.inputs)
+                )
+            if item.name in arrays:
+                raise BadRequest(f"input '{item.name}' is given twice")
+            if item.datatype != spec.datatype:
+                raise BadRequest(
+                    f"input '{item.name}' has datatype {item.datatype}; "
+                    f"the model expects {spec.datatype}"
+                )
+            if not spec.fits(item.shape):
+                raise BadRequest(
+                    f"input '{item.name}' has shape {item.shape}; the model expects "
+                    f"{list(spec.shape)} (-1 is any size)"
+                )
+            arrays[item.name] = tensor_from_wire(item, spec.dtype)
+        missing = [spec for name, spec in self.inputs.items() if name not in arrays]
+        if missing:
+            raise BadRequest(
+                "missing input "
+                + ", ".join(f"'{s.name}' ({s.datatype} {list(s.shape)})" for s in missing)
+            )
+        if self.batchable and len({a.shape[0] for a in arrays.values()}) > 1:
+            raise BadRequest("all inputs must have the same size along the batch axis (axis 0)")
+        return arrays
+
+    def check_outputs(self, names: Sequence[str]) -> list[str]:
+        unknown = [n for n in names if n not in self.outputs]
+        if unknown:
+            raise BadRequest(
+                f"unknown output '{unknown[0]}'; the model's outputs are "
+                + ", ".join(f"'{n}'" for n in self.outputs)
+            )
+        return list(names)
+
+    def run(self, arrays: Mapping[str, np.ndarray[Any, Any]]) -> list[np.ndarray[Any, Any]]:
+        """All outputs, in signature order. Blocking: call it off the event loop."""
+        try:
+            outputs: list[np.ndarray[Any, Any]] = self.session.run(self.output_names, arrays)
+        except ort.capi.onnxruntime_pybind11_state.InvalidArgument as exc:
+            raise BadRequest(f"the model rejected the input: {_first_line(exc)}") from None
+        return outputs
+
+    # --- start-up -----------------------------------------------------------
+
+    def sample_inputs(self, batch: int = 1) -> dict[str, np.ndarray[Any, Any]]:
+        """Zeros of every input, dynamic dimensions set to ``batch`` (first) or 1."""
+        arrays = {}
+        for spec in self.inputs.values():
+            shape = [(batch if i == 0 else 1) if d == -1 else d for i, d in enumerate(spec.shape)]
+            arrays[spec.name] = np.zeros(shape, dtype=spec.dtype)
+        return arrays
+
+    def warm_up(self, iterations: int, max_batch_size: int) -> None:
+        """Run generated inputs so that the first real request pays no allocation cost."""
+        sizes = {1, max_batch_size} if self.batchable else {1}
+        for _ in range(iterations):
+            for size in sorted(sizes):
+                try:
+                    self.run(self.sample_inputs(size))
+                except Exception as exc:  # noqa: BLE001
+                    raise ModelLoadError(
+                        f"warm-up failed on generated inputs of batch {size}: {_first_line(exc)}"
+                    ) from None
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "versions": ["1"],
+            "platform": "onnxruntime_onnx",
+            "inputs": [spec.as_dict() for spec in self.inputs.values()],
+            "outputs": [spec.as_dict() for spec in self.outputs.values()],
+            "parameters": {"execution_provider": self.provider, "batchable": self.batchable},
+        }
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def rows(arrays: Mapping[str, np.ndarray[Any, Any]]) -> int:
+    first = next(iter(arrays.values()))
+    return int(first.shape[0]) if first.ndim else 1
+
+
+def elements(arrays: Mapping[str, np.ndarray[Any, Any]]) -> int:
+    return sum(math.prod(a.shape) for a in arrays.values())

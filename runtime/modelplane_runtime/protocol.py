@@ -1,0 +1,191 @@
+"""The Open Inference Protocol (KServe V2) REST wire format.
+
+pydantic models for the envelope, and one table mapping OIP datatypes to numpy.
+Tensor ``data`` is deliberately typed ``Any`` in the envelope: numpy converts
+and checks it in C (``tensor_from_wire``), far faster than per-element pydantic
+validation, and with errors that name the input.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from modelplane_runtime.errors import BadRequest
+
+# OIP datatype <-> numpy dtype, both ways. BYTES and BF16 are not served.
+DATATYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+}
+DATATYPE_OF: dict[np.dtype[Any], str] = {dtype: name for name, dtype in DATATYPES.items()}
+
+# onnxruntime's type strings for the same types.
+ONNX_TYPES: dict[str, str] = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+}
+
+# Non-finite floats have no JSON spelling; like proto3's JSON mapping we send
+# them as the strings "NaN", "Infinity" and "-Infinity" (and accept them back).
+NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class RequestInput(_Wire):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: Any = Field(default=None)
+
+
+class RequestOutput(_Wire):
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class InferenceRequest(_Wire):
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[RequestInput] = Field(min_length=1)
+    outputs: list[RequestOutput] | None = None
+
+
+class TensorMetadata(_Wire):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadata(_Wire):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+def tensor_from_wire(spec: RequestInput, dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:
+    """Decode one input's ``data`` (flat row-major or nested) into an array of ``shape``.
+
+    numpy first infers what the JSON holds, so that a float sent for an integer
+    input, a number for a BOOL, or an out-of-range integer is refused instead of
+    silently truncated or wrapped.
+    """
+    where = f"input '{spec.name}'"
+    if spec.data is None:
+        raise BadRequest(f"{where}: 'data' is missing")
+    if any(d < 0 for d in spec.shape):
+        raise BadRequest(f"{where}: shape {spec.shape} has a negative dimension")
+    try:
+        raw = np.asarray(spec.data)
+    except (ValueError, OverflowError):
+        raise BadRequest(
+            f"{where}: data must be numbers in rectangular nested lists or one flat list"
+        ) from None
+    if raw.dtype.kind in "USO" and dtype.kind == "f":
+        raw = _non_finite_from_text(spec, raw)
+    elif raw.dtype.kind in "fO" and dtype == np.uint64:
+        raw = _large_unsigned(spec.data, raw)
+    expected = math.prod(spec.shape)
+    if raw.size != expected:
+        raise BadRequest(
+            f"{where}: {raw.size} elements given but shape {spec.shape} needs {expected}"
+        )
+    if raw.size and raw.dtype.kind not in _ACCEPTED_KINDS[dtype.kind]:
+        raise BadRequest(
+            f"{where}: data holds {_KIND_NAMES.get(raw.dtype.kind, 'mixed values')}, "
+            f"not {DATATYPE_OF[dtype]} values"
+        )
+    if raw.size and dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if raw.min() < info.min or raw.max() > info.max:
+            raise BadRequest(
+                f"{where}: values outside the {DATATYPE_OF[dtype]} range [{info.min}, {info.max}]"
+            )
+    return raw.astype(dtype, copy=False).reshape(spec.shape)
+
+
+# What numpy infers from JSON values, by the tensor kind that accepts it: ints fit floats.
+_ACCEPTED_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
+_KIND_NAMES = {
+    "b": "booleans",
+    "i": "integers",
+    "u": "integers",
+    "f": "floats",
+    "U": "strings",
+    "S": "strings",
+    "O": "mixed values",
+}
+
+
+def _large_unsigned(data: Any, raw: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """numpy infers float64 when ints above INT64's range mix with small ones; keep them exact."""
+
+    def flatten(value: Any) -> list[Any]:
+        return [v for item in value for v in flatten(item)] if isinstance(value, list) else [value]
+
+    flat = flatten(data)
+    if all(type(v) is int and v >= 0 for v in flat):
+        return np.array(flat, dtype=np.uint64).reshape(raw.shape)
+    return raw
+
+
+def _non_finite_from_text(spec: RequestInput, raw: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    def replace(value: Any) -> Any:
+        if isinstance(value, list):
+            return [replace(item) for item in value]
+        return NON_FINITE.get(value, value) if isinstance(value, str) else value
+
+    try:
+        replaced = np.asarray(replace(spec.data), dtype=np.float64)
+    except (ValueError, TypeError):
+        raise BadRequest(
+            f"input '{spec.name}': data holds strings; floats accept numbers and "
+            '"NaN", "Infinity", "-Infinity"'
+        ) from None
+    return replaced if replaced.size == raw.size else raw
+
+
+def tensor_to_wire(name: str, array: np.ndarray[Any, Any]) -> dict[str, Any]:
+    datatype = DATATYPE_OF.get(array.dtype)
+    if datatype is None:
+        raise TypeError(f"output '{name}' has dtype {array.dtype}, which OIP cannot carry")
+    flat = array.reshape(-1)
+    if array.dtype.kind == "f" and not np.isfinite(flat).all():
+        data: Any = [
+            v
+            if math.isfinite(v)
+            else ("NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity"))
+            for v in flat.tolist()
+        ]
+    else:
+        data = flat.tolist()
+    return {"name": name, "datatype": datatype, "shape": list(array.shape), "data": data}

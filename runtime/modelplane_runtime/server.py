@@ -1,0 +1,91 @@
+"""Run the BentoML service in this process under uvicorn, as BentoML's own worker does.
+
+BentoML's ``bentoml serve`` adds a circus arbiter and a worker process; a pod
+runs one model in one process, so the runtime starts the same ASGI app
+(``Service.to_asgi``) directly: faster start-up, and SIGTERM handled here.
+
+Shutdown: on SIGTERM or SIGINT readiness turns false at once, uvicorn stops
+accepting connections, every request in flight finishes (up to the request
+timeout), the batcher drains, then the process exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from types import FrameType
+from typing import Any, cast
+
+import uvicorn
+
+from modelplane_runtime.settings import RuntimeSettings
+
+log = logging.getLogger("modelplane.runtime")
+
+
+class _DrainingServer(uvicorn.Server):
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.should_exit:
+            log.info(
+                "%s received: not ready, finishing requests in flight", signal.Signals(sig).name
+            )
+            _mark_draining()
+        super().handle_exit(sig, frame)
+
+
+def _mark_draining() -> None:
+    import bentoml
+
+    try:
+        bentoml.get_current_service().engine.draining = True
+    except Exception:  # noqa: BLE001 - no service yet: nothing to drain
+        log.debug("signal before the service started")
+
+
+def _use_single_process_metrics() -> None:
+    """BentoML's metrics client assumes circus's multiprocess mode; one process needs none."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.server.metrics.prometheus import PrometheusClient
+
+    BentoMLContainer.metrics_client.set(PrometheusClient(multiproc=False))
+
+
+def configure_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("MODELPLANE_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def serve(settings: RuntimeSettings) -> None:
+    """Serve until SIGTERM/SIGINT. Blocks."""
+    # The service module reads its settings from the environment, like in a pod.
+    os.environ.update(settings.to_env())
+    configure_logging()
+    _use_single_process_metrics()
+    from modelplane_runtime.service import ModelRuntime
+
+    service = cast(Any, ModelRuntime)  # @bentoml.service made the class a bentoml.Service
+    app = service.to_asgi(is_main=True)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=settings.request_timeout_seconds,
+    )
+    # uvicorn re-raises the signal into the handler that was there before it once it
+    # has drained; a no-op there makes a completed drain exit 0, not "killed by SIGTERM".
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _drained)
+    _DrainingServer(config).run()
+
+
+def _drained(sig: int, frame: FrameType | None) -> None:
+    log.info("drained after %s; exiting", signal.Signals(sig).name)

@@ -1,0 +1,152 @@
+"""Tiny ONNX models built with onnx.helper: no downloads, no torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+# onnx writes the newest IR version by default; onnxruntime 1.31 reads up to 13.
+IR_VERSION = 10
+OPSET = 17
+
+ELEMENT_TYPES = {
+    "BOOL": TensorProto.BOOL,
+    "UINT8": TensorProto.UINT8,
+    "UINT16": TensorProto.UINT16,
+    "UINT32": TensorProto.UINT32,
+    "UINT64": TensorProto.UINT64,
+    "INT8": TensorProto.INT8,
+    "INT16": TensorProto.INT16,
+    "INT32": TensorProto.INT32,
+    "INT64": TensorProto.INT64,
+    "FP16": TensorProto.FLOAT16,
+    "FP32": TensorProto.FLOAT,
+    "FP64": TensorProto.DOUBLE,
+}
+
+
+def _save(graph: onnx.GraphProto, path: Path) -> Path:
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION
+    )
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def relu_and_double(path: Path) -> Path:
+    """x FP32 [batch, 4] -> relu FP32 [batch, 4], double FP32 [batch, 4]."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    relu = helper.make_tensor_value_info("relu", TensorProto.FLOAT, ["batch", 4])
+    double = helper.make_tensor_value_info("double", TensorProto.FLOAT, ["batch", 4])
+    two = numpy_helper.from_array(np.array(2.0, dtype=np.float32), "two")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Relu", ["x"], ["relu"]),
+            helper.make_node("Mul", ["x", "two"], ["double"]),
+        ],
+        "relu_and_double",
+        [x],
+        [relu, double],
+        initializer=[two],
+    )
+    return _save(graph, path)
+
+
+def identity_per_datatype(path: Path) -> Path:
+    """One input per OIP datatype, each echoed to an output: in_<DT> -> out_<DT>, [batch, 3]."""
+    inputs, outputs, nodes = [], [], []
+    for name, element in ELEMENT_TYPES.items():
+        inputs.append(helper.make_tensor_value_info(f"in_{name}", element, ["batch", 3]))
+        outputs.append(helper.make_tensor_value_info(f"out_{name}", element, ["batch", 3]))
+        nodes.append(helper.make_node("Identity", [f"in_{name}"], [f"out_{name}"]))
+    return _save(helper.make_graph(nodes, "identities", inputs, outputs), path)
+
+
+def fixed_batch(path: Path) -> Path:
+    """x FP32 [2, 3] -> y = x + 1: a fixed first axis, so never batched."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])
+    one = numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one")
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "one"], ["y"])], "fixed", [x], [y], initializer=[one]
+    )
+    return _save(graph, path)
+
+
+def ragged_width(path: Path) -> Path:
+    """x FP32 [batch, width] -> y = x * x: requests of different widths cannot merge."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "width"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "width"])
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "x"], ["y"])], "square", [x], [y])
+    return _save(graph, path)
+
+
+def reciprocal(path: Path) -> Path:
+    """x FP32 [batch, 3] -> y = 1 / x: zeros give Infinity, 0/0 is not reachable."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])
+    graph = helper.make_graph([helper.make_node("Reciprocal", ["x"], ["y"])], "recip", [x], [y])
+    return _save(graph, path)
+
+
+def matmul_chain(path: Path, *, width: int = 256, layers: int = 8, seed: int = 0) -> Path:
+    """x FP32 [batch, width] -> tanh(x W1) ... W_layers: enough compute for batching to show."""
+    rng = np.random.default_rng(seed)
+    nodes, initializers = [], []
+    current = "x"
+    for i in range(layers):
+        weight = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+        initializers.append(numpy_helper.from_array(weight, f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [current, f"w{i}"], [f"m{i}"]))
+        nodes.append(helper.make_node("Tanh", [f"m{i}"], [f"t{i}"]))
+        current = f"t{i}"
+    nodes.append(helper.make_node("Identity", [current], ["y"]))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])
+    return _save(helper.make_graph(nodes, "chain", [x], [y], initializer=initializers), path)
+
+
+def string_input(path: Path) -> Path:
+    """A model with a string tensor, which modelplane does not serve."""
+    x = helper.make_tensor_value_info("x", TensorProto.STRING, ["batch"])
+    y = helper.make_tensor_value_info("y", TensorProto.STRING, ["batch"])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "strings", [x], [y])
+    return _save(graph, path)
+
+
+def slow_loop(path: Path, *, width: int = 1024, iterations: int = 200, seed: int = 0) -> Path:
+    """x FP32 [batch, width] -> tanh(. W) applied ``iterations`` times: slow, yet a small file."""
+    weight = np.random.default_rng(seed).standard_normal((width, width)) / np.sqrt(width)
+    body = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["state_in", "w"], ["product"]),
+            helper.make_node("Tanh", ["product"], ["state_out"]),
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("state_in", TensorProto.FLOAT, ["batch", width]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("state_out", TensorProto.FLOAT, ["batch", width]),
+        ],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["trips", "keep_going", "x"], ["y"], body=body)],
+        "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
+        initializer=[
+            numpy_helper.from_array(weight.astype(np.float32), "w"),
+            numpy_helper.from_array(np.array(iterations, dtype=np.int64), "trips"),
+            numpy_helper.from_array(np.array(True), "keep_going"),
+        ],
+    )
+    return _save(graph, path)

@@ -1,0 +1,116 @@
+"""The real runtime server as a subprocess on 127.0.0.1, started and stopped by tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import requests
+
+STARTUP_TIMEOUT = 90.0
+STOP_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RuntimeServer:
+    """``python -m modelplane_runtime serve ...``; every wait bounded."""
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        log_dir: Path,
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / f"runtime-{self.port}.log"
+        environment = {**os.environ, "MODELPLANE_LOG_LEVEL": "INFO", **(env or {})}
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "modelplane_runtime",
+                "serve",
+                *args,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            env=environment,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.session = requests.Session()
+
+    def wait_live(self) -> RuntimeServer:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"runtime exited early:\n{self.log()}")
+            try:
+                if self.session.get(self.url + "/v2/health/live", timeout=2).status_code == 200:
+                    return self
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"runtime not live after {STARTUP_TIMEOUT}s:\n{self.log()}")
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.session.get(self.url + path, timeout=30, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.session.post(self.url + path, timeout=60, **kwargs)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of one sample from /metrics (0 when absent)."""
+        wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in self.get("/metrics").text.splitlines():
+            if line.startswith("#"):
+                continue
+            key, _, value = line.rpartition(" ")
+            metric_name, _, label_text = key.partition("{")
+            found = ",".join(sorted(label_text.rstrip("}").split(","))) if label_text else ""
+            if metric_name == name and found == wanted:
+                return float(value)
+        return 0.0
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def terminate(self) -> int:
+        """SIGTERM, then wait (bounded); kill if it does not exit."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=STOP_TIMEOUT)
+            raise
+        finally:
+            self.session.close()
+            self._log.close()
+
+    def __enter__(self) -> RuntimeServer:
+        return self.wait_live()
+
+    def __exit__(self, *exc: object) -> None:
+        self.terminate()

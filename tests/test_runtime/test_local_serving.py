@@ -1,0 +1,65 @@
+"""`serve -f ModelDeployment.yaml`: the pod's settings, on a laptop."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from modelplane_testkit.runtime_server import RuntimeServer
+
+
+def _manifest(tmp_path: Path, uri: str, **runtime: object) -> Path:
+    path = tmp_path / "md.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "modelplane.io/v1alpha1",
+                "kind": "ModelDeployment",
+                "metadata": {"name": "scorer", "namespace": "models"},
+                "spec": {
+                    "model": {"uri": uri},
+                    "runtime": {"batching": {"maxBatchSize": 4}, **runtime},
+                },
+            }
+        )
+    )
+    return path
+
+
+def test_serve_a_model_deployment_file(models: dict[str, Path], tmp_path: Path, logs: Path) -> None:
+    manifest = _manifest(tmp_path, models["relu"].as_uri())
+    with RuntimeServer(["-f", str(manifest)], log_dir=logs) as server:
+        assert server.get("/v2/models/scorer/ready").status_code == 200
+        body = {
+            "inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [-1, 0, 1, 2]}]
+        }
+        result = server.post("/v2/models/scorer/infer", json=body).json()
+        assert result["outputs"][0]["data"] == [0.0, 0.0, 1.0, 2.0]
+
+
+def test_serving_rejects_what_cannot_run_locally(tmp_path: Path) -> None:
+    def serve(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "modelplane_runtime", "serve", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    pvc = serve("-f", str(_manifest(tmp_path, "pvc://claim/model.onnx")))
+    assert pvc.returncode == 2
+    assert "PVC" in pvc.stderr
+    assert pvc.stderr.count("\n") == 1
+    invalid = serve("-f", str(_manifest(tmp_path, "ftp://x/model.onnx")))
+    assert invalid.returncode == 2
+    assert "spec.model.uri" in invalid.stderr
+    missing = serve("--model", str(tmp_path / "absent.onnx"))
+    assert missing.returncode == 2
+    assert "no such file" in missing.stderr
+    both = serve("--model", "a.onnx", "-f", "b.yaml")
+    assert both.returncode == 2
+    assert both.stderr.count("\n") == 1
