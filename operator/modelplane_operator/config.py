@@ -33,3 +33,9 @@ class OperatorConfig(BaseSettings):
         default="", description="Comma-separated namespaces to watch; empty watches all."
     )
     log_format: Literal["text", "json"] = "text"
+    metrics_port: int = Field(default=9090, ge=0, le=65535, description="0 turns it off.")
+    metrics_address: str = "0.0.0.0"  # noqa: S104 - the pod's network namespace
+
+    def watches(self, namespace: str) -> bool:
+        wanted = {n.strip() for n in self.watch_namespaces.split(",") if n.strip()}
+        return not wanted or namespace in wanted

@@ -11,11 +11,13 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
+
 from modelplane_runtime.batching import Batcher
 from modelplane_runtime.errors import ModelNotFound, NotReady, RequestTimeout
 from modelplane_runtime.metrics import RuntimeMetrics
 from modelplane_runtime.model import ModelLoadError, OnnxModel
-from modelplane_runtime.protocol import InferenceRequest, tensor_to_wire
+from modelplane_runtime.protocol import InferenceRequest
 from modelplane_runtime.settings import RuntimeSettings
 
 log = logging.getLogger("modelplane.runtime")
@@ -90,25 +92,22 @@ class InferenceEngine:
             raise NotReady(f"model '{name}' is not ready: {problem}")
         return self.model
 
-    async def infer(self, name: str, request: InferenceRequest) -> dict[str, Any]:
+    async def infer(
+        self, name: str, request: InferenceRequest
+    ) -> tuple[OnnxModel, dict[str, np.ndarray[Any, Any]]]:
+        """The model and its requested outputs (all of them when none are named)."""
         model = self.model_for(name)
-        assert self._batcher is not None
+        batcher = self._batcher
+        if batcher is None:  # model_for checked readiness; this guards a logic error
+            raise NotReady(f"model '{name}' is not ready")
         selected = model.check_outputs([o.name for o in request.outputs or []])
         arrays = model.decode_inputs(request.inputs)
         try:
             async with asyncio.timeout(self.settings.request_timeout_seconds):
-                outputs = await self._batcher.infer(arrays)
+                outputs = await batcher.infer(arrays)
         except TimeoutError:
             raise RequestTimeout(
                 f"inference did not finish within {self.settings.request_timeout_seconds}s"
             ) from None
         by_name = dict(zip(model.output_names, outputs, strict=True))
-        wanted = selected or model.output_names
-        body: dict[str, Any] = {
-            "model_name": model.name,
-            "model_version": "1",
-            "outputs": [tensor_to_wire(n, by_name[n]) for n in wanted],
-        }
-        if request.id is not None:
-            body["id"] = request.id
-        return body
+        return model, {n: by_name[n] for n in selected or model.output_names}

@@ -12,7 +12,8 @@ import math
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from modelplane_runtime.errors import BadRequest
 
@@ -64,6 +65,13 @@ class RequestInput(_Wire):
     datatype: str
     parameters: dict[str, Any] | None = None
     data: Any = Field(default=None)
+    # Raw little-endian bytes when sent with the binary tensor data extension.
+    _binary: bytes | None = PrivateAttr(default=None)
+
+    @property
+    def binary_size(self) -> int | None:
+        size = (self.parameters or {}).get("binary_data_size")
+        return size if isinstance(size, int) else None
 
 
 class RequestOutput(_Wire):
@@ -100,6 +108,8 @@ def tensor_from_wire(spec: RequestInput, dtype: np.dtype[Any]) -> np.ndarray[Any
     silently truncated or wrapped.
     """
     where = f"input '{spec.name}'"
+    if spec._binary is not None:
+        return _tensor_from_bytes(spec, dtype, spec._binary)
     if spec.data is None:
         raise BadRequest(f"{where}: 'data' is missing")
     if any(d < 0 for d in spec.shape):
@@ -172,6 +182,84 @@ def _non_finite_from_text(spec: RequestInput, raw: np.ndarray[Any, Any]) -> np.n
             '"NaN", "Infinity", "-Infinity"'
         ) from None
     return replaced if replaced.size == raw.size else raw
+
+
+def _tensor_from_bytes(
+    spec: RequestInput, dtype: np.dtype[Any], raw: bytes
+) -> np.ndarray[Any, Any]:
+    expected = math.prod(spec.shape) * dtype.itemsize
+    if len(raw) != expected:
+        raise BadRequest(
+            f"input '{spec.name}': {len(raw)} bytes of binary data but shape {spec.shape} "
+            f"of {DATATYPE_OF[dtype]} needs {expected}"
+        )
+    return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(spec.shape)
+
+
+# --- the binary tensor data extension (Triton's; its HTTP client uses it by default) ----------
+
+BINARY_HEADER = "inference-header-content-length"
+
+
+def split_binary_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    """(JSON part, binary tail) of a request body."""
+    if header_length is None:
+        return body, b""
+    if not header_length.isdigit() or int(header_length) > len(body):
+        raise BadRequest(f"Inference-Header-Content-Length {header_length} does not fit the body")
+    length = int(header_length)
+    return body[:length], body[length:]
+
+
+def attach_binary_inputs(request: InferenceRequest, tail: bytes) -> None:
+    """Give each input declaring ``binary_data_size`` its slice of the tail, in order."""
+    offset = 0
+    for item in request.inputs:
+        size = item.binary_size
+        if size is None:
+            continue
+        if offset + size > len(tail):
+            raise BadRequest(f"input '{item.name}': binary_data_size {size} runs past the body")
+        item._binary = tail[offset : offset + size]
+        offset += size
+    if offset != len(tail):
+        raise BadRequest(f"{len(tail) - offset} bytes of binary data belong to no input")
+
+
+def _wants_binary(request: InferenceRequest, name: str) -> bool:
+    for output in request.outputs or []:
+        if output.name == name and output.parameters and "binary_data" in output.parameters:
+            return bool(output.parameters["binary_data"])
+    return bool((request.parameters or {}).get("binary_data_output", False))
+
+
+def encode_response(
+    model_name: str, request: InferenceRequest, outputs: dict[str, np.ndarray[Any, Any]]
+) -> tuple[bytes, dict[str, str]]:
+    """The response body and its extra headers: JSON, or JSON plus binary tensors."""
+    wire: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for name, array in outputs.items():
+        if _wants_binary(request, name):
+            blob = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            wire.append(
+                {
+                    "name": name,
+                    "datatype": DATATYPE_OF[array.dtype],
+                    "shape": list(array.shape),
+                    "parameters": {"binary_data_size": len(blob)},
+                }
+            )
+            blobs.append(blob)
+        else:
+            wire.append(tensor_to_wire(name, array))
+    body: dict[str, Any] = {"model_name": model_name, "model_version": "1", "outputs": wire}
+    if request.id is not None:
+        body["id"] = request.id
+    header = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not blobs:
+        return header, {}
+    return header + b"".join(blobs), {"Inference-Header-Content-Length": str(len(header))}
 
 
 def tensor_to_wire(name: str, array: np.ndarray[Any, Any]) -> dict[str, Any]:

@@ -37,7 +37,13 @@ from modelplane_runtime.errors import (
     ServingError,
 )
 from modelplane_runtime.inference import InferenceEngine
-from modelplane_runtime.protocol import InferenceRequest
+from modelplane_runtime.protocol import (
+    BINARY_HEADER,
+    InferenceRequest,
+    attach_binary_inputs,
+    encode_response,
+    split_binary_body,
+)
 from modelplane_runtime.settings import RuntimeSettings
 
 log = logging.getLogger("modelplane.runtime")
@@ -125,7 +131,13 @@ async def infer(request: Request, engine: InferenceEngine) -> Response:
             body = await _read_body(request, engine.settings.max_request_bytes)
         finally:
             engine.arriving -= 1
-        response = _json(await engine.infer(name, _parse(body)))
+        json_part, binary = split_binary_body(body, request.headers.get(BINARY_HEADER))
+        parsed = _parse(json_part)
+        attach_binary_inputs(parsed, binary)
+        model, outputs = await engine.infer(name, parsed)
+        content, headers = encode_response(model.name, parsed, outputs)
+        media = "application/octet-stream" if headers else "application/json"
+        response = Response(content, media_type=media, headers=headers)
     except ServingError as problem:
         engine.metrics.failure(problem.status)
         raise

@@ -1,0 +1,155 @@
+"""Apply a ModelDeployment's children: one outcome per object, one log line each.
+
+A child is compared with what the operator owns in it (every field it renders),
+not with the raw live object, so server defaults never cause an update; a child
+changed or deleted by hand differs and is applied again. A child that exists
+without this ModelDeployment as its controller is never touched.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from modelplane_operator.kube import KubeApi
+
+Obj = dict[str, Any]
+log = logging.getLogger("modelplane.operator")
+
+
+class Outcome(enum.Enum):
+    CREATED = "created"
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
+    DELETED = "deleted"
+    NOT_OWNED = "not-owned"
+
+
+@dataclass(frozen=True)
+class ChildResult:
+    kind: str
+    name: str
+    outcome: Outcome
+
+    @property
+    def wrote(self) -> bool:
+        return self.outcome in {Outcome.CREATED, Outcome.UPDATED, Outcome.DELETED}
+
+
+LiveLookup = Callable[[str, str, str], "Obj | None"]
+
+
+def is_controlled_by(obj: Mapping[str, Any], owner_uid: str) -> bool:
+    return any(
+        ref.get("uid") == owner_uid and ref.get("controller")
+        for ref in obj.get("metadata", {}).get("ownerReferences", [])
+    )
+
+
+def apply_children(
+    api: KubeApi,
+    owner_uid: str,
+    desired: list[Obj],
+    unwanted: list[tuple[str, str, str]],
+    *,
+    live: LiveLookup,
+    cached: LiveLookup,
+) -> list[ChildResult]:
+    """Make the cluster hold ``desired`` and not ``unwanted`` (kind, namespace, name).
+
+    ``live`` finds any current object (watch cache, else the API: a child in the
+    way may carry none of our labels); ``cached`` only the ones the operator
+    labelled, which is all it may delete. Nothing is written when any desired
+    child is taken by someone else.
+    """
+    current = [
+        (obj, live(obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]))
+        for obj in desired
+    ]
+    foreign = [
+        ChildResult(obj["kind"], obj["metadata"]["name"], Outcome.NOT_OWNED)
+        for obj, found in current
+        if found is not None and not is_controlled_by(found, owner_uid)
+    ]
+    if foreign:
+        return foreign
+    results: list[ChildResult] = []
+    for obj, found in current:
+        name = obj["metadata"]["name"]
+        if found is not None and contains(found, obj):
+            results.append(ChildResult(obj["kind"], name, Outcome.UNCHANGED))
+            continue
+        api.apply(obj)
+        outcome = Outcome.CREATED if found is None else Outcome.UPDATED
+        log.info("%s %s/%s %s", obj["kind"], obj["metadata"]["namespace"], name, outcome.value)
+        results.append(ChildResult(obj["kind"], name, outcome))
+    for kind, namespace, name in unwanted:
+        found = cached(kind, namespace, name)
+        if found is None or not is_controlled_by(found, owner_uid):
+            continue
+        if api.delete(kind, namespace, name):
+            log.info("%s %s/%s deleted", kind, namespace, name)
+            results.append(ChildResult(kind, name, Outcome.DELETED))
+    return results
+
+
+def contains(live: Any, wanted: Any, *, quantities: bool = False) -> bool:
+    """Whether ``live`` holds every field of ``wanted`` (extra, defaulted fields are fine)."""
+    if isinstance(wanted, dict):
+        return isinstance(live, dict) and all(
+            key in live
+            and contains(live[key], value, quantities=quantities or key in _QUANTITY_MAPS)
+            for key, value in wanted.items()
+        )
+    if isinstance(wanted, list):
+        return (
+            isinstance(live, list)
+            and len(live) == len(wanted)
+            and all(
+                contains(a, b, quantities=quantities) for a, b in zip(live, wanted, strict=True)
+            )
+        )
+    if live == wanted:
+        return True
+    # The API server writes quantities canonically ("0.5" comes back as "500m").
+    return quantities and _quantity(live) is not None and _quantity(live) == _quantity(wanted)
+
+
+_QUANTITY_MAPS = frozenset({"requests", "limits"})
+_SUFFIXES: dict[str, int | Decimal] = {
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "E": 10**18,
+}
+
+
+def _quantity(value: Any) -> Decimal | None:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return None
+    text = str(value)
+    for suffix in sorted(_SUFFIXES, key=len, reverse=True):
+        if text.endswith(suffix) and text[: -len(suffix)]:
+            try:
+                return Decimal(text[: -len(suffix)]) * Decimal(_SUFFIXES[suffix])
+            except InvalidOperation:
+                return None
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        return None

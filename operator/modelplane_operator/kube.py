@@ -1,0 +1,159 @@
+"""Kubernetes API access for the operator: plain dicts, server-side apply, typed errors.
+
+A thin layer over the ``kubernetes`` client's request machinery (auth, TLS,
+kubeconfig or in-cluster config), so that the operator speaks JSON dicts and
+never touches generated models.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from modelplane_operator import names
+
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Kind:
+    api_version: str
+    kind: str
+    plural: str
+
+    def path(self, namespace: str, name: str | None = None) -> str:
+        prefix = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
+        path = f"{prefix}/namespaces/{quote(namespace)}/{self.plural}"
+        return f"{path}/{quote(name)}" if name else path
+
+
+KINDS: dict[str, Kind] = {
+    "Deployment": Kind("apps/v1", "Deployment", "deployments"),
+    "Service": Kind("v1", "Service", "services"),
+    "HorizontalPodAutoscaler": Kind(
+        "autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"
+    ),
+    "PodDisruptionBudget": Kind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
+    names.KIND: Kind(names.API_VERSION, names.KIND, names.PLURAL),
+}
+
+
+class ApiError(Exception):
+    """A failed API call, with the status code the operator classifies on."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+    @property
+    def retryable(self) -> bool:
+        """Conflicts, throttling, server errors and timeouts pass; the rest need a change."""
+        return self.status in {0, 408, 409, 429} or self.status >= 500
+
+
+def load_client() -> client.ApiClient:
+    """In-cluster config in a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        # Passed explicitly: the client reads KUBECONFIG only once, when it is imported.
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
+    return client.ApiClient()
+
+
+class KubeApi:
+    def __init__(self, api_client: client.ApiClient, field_manager: str = names.FIELD_MANAGER):
+        self.client = api_client
+        self.field_manager = field_manager
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+    ) -> Obj | None:
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        request = self.client.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=query or [],
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        try:
+            response = self.client.call_api(*request, _request_timeout=30)
+            response.read()
+        except ApiException as exc:
+            raise ApiError(exc.status or 0, _reason(exc)) from None
+        except OSError as exc:  # connection refused/reset, DNS, TLS
+            raise ApiError(0, str(exc)) from None
+        status = response.status
+        data = response.data
+        if status >= 400:
+            raise ApiError(status, _message(data))
+        return json.loads(data) if data else None
+
+    def get(self, kind: str, namespace: str, name: str) -> Obj | None:
+        try:
+            return self._call("GET", KINDS[kind].path(namespace, name))
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def apply(self, obj: Obj) -> Obj:
+        """Server-side apply under the operator's field manager; takes over conflicting fields."""
+        kind = KINDS[obj["kind"]]
+        result = self._call(
+            "PATCH",
+            kind.path(obj["metadata"]["namespace"], obj["metadata"]["name"]),
+            body=obj,
+            content_type="application/apply-patch+yaml",
+            query=[("fieldManager", self.field_manager), ("force", "true")],
+        )
+        return result or {}
+
+    def delete(self, kind: str, namespace: str, name: str) -> bool:
+        """Delete in the background (owned objects follow); False when already gone."""
+        try:
+            self._call(
+                "DELETE",
+                KINDS[kind].path(namespace, name),
+                body={"propagationPolicy": "Background"},
+            )
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def patch_status(self, namespace: str, name: str, status: Obj) -> None:
+        path = KINDS[names.KIND].path(namespace, name) + "/status"
+        self._call(
+            "PATCH", path, body={"status": status}, content_type="application/merge-patch+json"
+        )
+
+
+def _reason(exc: ApiException) -> str:
+    return _message(exc.body) if exc.body else str(exc.reason)
+
+
+def _message(data: Any) -> str:
+    try:
+        parsed = json.loads(data)
+    except (TypeError, ValueError):
+        return str(data)[:500]
+    return str(parsed.get("message", parsed)) if isinstance(parsed, dict) else str(parsed)[:500]

@@ -1,0 +1,201 @@
+"""The one level-based reconcile: parse -> render -> apply -> status.
+
+Called for every reason the operator has to look at a ModelDeployment (created,
+spec changed, operator restarted, a child or pod changed, periodic safety net);
+it compares the whole desired state with the whole live state, so every caller
+gets the same answer and an unchanged ModelDeployment costs no write.
+It knows nothing of kopf: errors are raised as the domain exceptions below
+and translated once, in handlers.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from modelplane_operator import names
+from modelplane_operator.applier import ChildResult, LiveLookup, Outcome, apply_children
+from modelplane_operator.config import OperatorConfig
+from modelplane_operator.kube import ApiError, KubeApi
+from modelplane_operator.metrics import RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES
+from modelplane_operator.render import render_children, service_url
+from modelplane_operator.spec import InvalidSpecError, ModelStatus, parse_model_deployment
+from modelplane_operator.status import Problem, compute_status
+
+Obj = dict[str, Any]
+log = logging.getLogger("modelplane.operator")
+
+OPTIONAL_KINDS = ("HorizontalPodAutoscaler", "PodDisruptionBudget")
+RETRY_DELAY_NOT_OWNED = 30.0
+
+
+class SpecRejected(Exception):
+    """The spec cannot be served; the status says why. Wait for the next spec change."""
+
+    def __init__(self, message: str, *, newly: bool) -> None:
+        super().__init__(message)
+        self.newly = newly  # False when the status already said so: no new Warning event
+
+
+class RetryLater(Exception):
+    """A passing condition (API conflict, throttling, outage, a child in the way)."""
+
+    def __init__(self, message: str, delay: float) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """What reconcile reads: children by (kind, namespace, name), pods by owner name.
+
+    ``child`` may ask the API when the watch cache has nothing; ``cached`` never does.
+    """
+
+    child: LiveLookup
+    cached: LiveLookup
+    pods: Callable[[str, str], Sequence[Obj]]
+
+
+@dataclass(frozen=True)
+class ReconcileResult:
+    children: list[ChildResult]
+    status_written: bool
+
+    @property
+    def writes(self) -> int:
+        return sum(r.wrote for r in self.children) + int(self.status_written)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def owner_reference(body: Mapping[str, Any]) -> Obj:
+    return {
+        "apiVersion": names.API_VERSION,
+        "kind": names.KIND,
+        "name": body["metadata"]["name"],
+        "uid": body["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def reconcile(
+    body: Mapping[str, Any],
+    api: KubeApi,
+    config: OperatorConfig,
+    cluster: ClusterView,
+    *,
+    now: Callable[[], str] = _now,
+    on_status_written: Callable[[Obj], None] = lambda status: None,
+) -> ReconcileResult:
+    started = time.perf_counter()
+    try:
+        result = _reconcile(
+            body, api, config, cluster, now=now, on_status_written=on_status_written
+        )
+    except SpecRejected:
+        RECONCILES.labels("invalid").inc()
+        raise
+    except RetryLater:
+        RECONCILES.labels("retry").inc()
+        RECONCILE_ERRORS.inc()
+        raise
+    finally:
+        RECONCILE_SECONDS.observe(time.perf_counter() - started)
+    RECONCILES.labels("changed" if result.writes else "unchanged").inc()
+    return result
+
+
+def _reconcile(
+    body: Mapping[str, Any],
+    api: KubeApi,
+    config: OperatorConfig,
+    cluster: ClusterView,
+    *,
+    now: Callable[[], str],
+    on_status_written: Callable[[Obj], None],
+) -> ReconcileResult:
+    meta = body["metadata"]
+    namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation", 1)
+    previous: Mapping[str, Any] = body.get("status") or {}
+
+    def write_status(
+        problem: Problem | None = None, url: str | None = None, model: ModelStatus | None = None
+    ) -> bool:
+        status = compute_status(
+            name=name,
+            generation=generation,
+            previous=previous,
+            url=url,
+            model=model,
+            deployment=cluster.cached("Deployment", namespace, name),
+            pods=cluster.pods(namespace, name),
+            problem=problem,
+            now=now(),
+        )
+        if status == previous:
+            return False
+        try:
+            api.patch_status(namespace, name, status)
+        except ApiError as exc:
+            if exc.status == 404:  # deleted meanwhile: nothing to report on
+                return False
+            raise RetryLater(f"status write failed: {exc}", delay=_delay(exc)) from None
+        on_status_written(status)
+        return True
+
+    try:
+        md = parse_model_deployment(
+            {k: v for k, v in body.items() if k in {"apiVersion", "kind", "metadata", "spec"}}
+        )
+    except InvalidSpecError as exc:
+        message = "; ".join(exc.problems)
+        newly = write_status(Problem("InvalidSpec", message))
+        raise SpecRejected(message, newly=newly) from None
+
+    desired = [copy.deepcopy(child) for child in render_children(md, config)]
+    for child in desired:
+        child["metadata"]["ownerReferences"] = [owner_reference(body)]
+    present = {obj["kind"] for obj in desired}
+    unwanted = [
+        (kind, namespace, names.child_name(name, kind))
+        for kind in OPTIONAL_KINDS
+        if kind not in present
+    ]
+    url = service_url(md, config)
+    model = ModelStatus(uri=md.spec.model.uri, sha256=md.spec.model.sha256)
+    try:
+        children = apply_children(
+            api, meta["uid"], desired, unwanted, live=cluster.child, cached=cluster.cached
+        )
+    except ApiError as exc:
+        if exc.retryable:
+            raise RetryLater(f"applying children failed: {exc}", delay=_delay(exc)) from None
+        # The API server refused what we rendered (e.g. affinity contents): the spec must change.
+        message = f"the API server rejected a child: {exc.message}"
+        newly = write_status(Problem("ChildRejected", message), url, model)
+        raise SpecRejected(message, newly=newly) from None
+
+    foreign = [r for r in children if r.outcome is Outcome.NOT_OWNED]
+    if foreign:
+        message = "; ".join(
+            f"{r.kind} {namespace}/{r.name} exists and is not owned by this ModelDeployment: "
+            "delete or rename it"
+            for r in foreign
+        )
+        write_status(Problem("ChildNotOwned", message), url, model)
+        raise RetryLater(message, delay=RETRY_DELAY_NOT_OWNED)
+    written = write_status(None, url, model)
+    return ReconcileResult(children, written)
+
+
+def _delay(exc: ApiError) -> float:
+    return 10.0 if exc.status == 429 else 2.0

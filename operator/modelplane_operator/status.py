@@ -1,0 +1,166 @@
+"""What a ModelDeployment's status says, computed from its children. Pure.
+
+Ready is True only when the Deployment has observed its current generation,
+every replica runs the current template and is available. Otherwise the
+reason says why, most specific first; ``Reconciling`` and ``Stalled`` follow
+kstatus: Reconciling while the cluster is still converging, Stalled when it
+will not converge without a change by someone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from modelplane_operator import names
+from modelplane_operator.spec import Condition, ModelDeploymentStatus, ModelStatus
+
+Obj = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ready: bool
+    reason: str
+    message: str
+    stalled: bool = False
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something the operator itself found: an invalid spec, a child it does not own."""
+
+    reason: str
+    message: str
+    stalled: bool = True
+
+
+def selector(model_deployment_name: str) -> str:
+    return ",".join(f"{k}={v}" for k, v in names.selector_labels(model_deployment_name).items())
+
+
+def _condition(conditions: Sequence[Obj], kind: str) -> Obj:
+    return next((c for c in conditions if c.get("type") == kind), {})
+
+
+def _fetch_failure(pods: Sequence[Obj]) -> str | None:
+    for pod in pods:
+        for status in pod.get("status", {}).get("initContainerStatuses", []):
+            if status.get("name") != names.FETCH_CONTAINER:
+                continue
+            for state in (status.get("state", {}), status.get("lastState", {})):
+                terminated = state.get("terminated") or {}
+                if terminated.get("exitCode", 0) != 0:
+                    detail = (terminated.get("message") or terminated.get("reason") or "").strip()
+                    return (
+                        detail.splitlines()[-1] if detail else f"exit code {terminated['exitCode']}"
+                    )
+    return None
+
+
+def _unschedulable(pods: Sequence[Obj]) -> str | None:
+    for pod in pods:
+        scheduled = _condition(pod.get("status", {}).get("conditions", []), "PodScheduled")
+        if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
+            return str(scheduled.get("message", "no node fits the pod"))
+    return None
+
+
+def judge_deployment(  # noqa: PLR0911 - one early answer per reason reads best
+    deployment: Obj | None, pods: Sequence[Obj]
+) -> Verdict:
+    """Ready or not, and why, from the Deployment and its pods."""
+    if deployment is None:
+        return Verdict(False, "Progressing", "waiting for the Deployment to be created")
+    status = deployment.get("status", {})
+    conditions = status.get("conditions", [])
+    progressing = _condition(conditions, "Progressing")
+    if progressing.get("status") == "False" and progressing.get("reason") == (
+        "ProgressDeadlineExceeded"
+    ):
+        return Verdict(
+            False,
+            "ProgressDeadlineExceeded",
+            str(progressing.get("message", "the rollout is stuck")),
+            stalled=True,
+        )
+    if (failure := _fetch_failure(pods)) is not None:
+        return Verdict(False, "ModelFetchFailed", f"the model fetch failed: {failure}")
+    if (why := _unschedulable(pods)) is not None:
+        return Verdict(False, "Unschedulable", why)
+    wanted = deployment.get("spec", {}).get("replicas", 1)
+    generation = deployment.get("metadata", {}).get("generation", 0)
+    if status.get("observedGeneration", 0) < generation:
+        return Verdict(False, "Progressing", "the Deployment controller has not seen this change")
+    if wanted == 0:
+        return Verdict(False, "ScaledToZero", "no replicas are requested")
+    updated = status.get("updatedReplicas", 0)
+    available = status.get("availableReplicas", 0)
+    total = status.get("replicas", 0)
+    if updated < wanted or total > updated:
+        return Verdict(False, "Progressing", f"{updated} of {wanted} replicas updated")
+    if available < wanted or _condition(conditions, "Available").get("status") != "True":
+        return Verdict(False, "Progressing", f"{available} of {wanted} replicas available")
+    return Verdict(True, "Available", f"{available} of {wanted} replicas available")
+
+
+def compute_status(
+    *,
+    name: str,
+    generation: int,
+    previous: Obj,
+    url: str | None,
+    model: ModelStatus | None,
+    deployment: Obj | None,
+    pods: Sequence[Obj],
+    problem: Problem | None,
+    now: str,
+) -> dict[str, Any]:
+    verdict = (
+        Verdict(False, problem.reason, problem.message, problem.stalled)
+        if problem is not None
+        else judge_deployment(deployment, pods)
+    )
+    reconciling = not verdict.ready and not verdict.stalled
+    old = {c.get("type"): c for c in previous.get("conditions", [])}
+
+    def condition(kind: str, true: bool, reason: str, message: str) -> Condition:
+        status = "True" if true else "False"
+        before = old.get(kind, {})
+        since = before.get("lastTransitionTime") if before.get("status") == status else None
+        return Condition(
+            type=kind,
+            status=status,
+            observed_generation=generation,
+            last_transition_time=since or now,
+            reason=reason,
+            message=message,
+        )
+
+    deployment_status = (deployment or {}).get("status", {})
+    status = ModelDeploymentStatus(
+        observed_generation=generation,
+        url=url if url is not None else previous.get("url"),
+        replicas=deployment_status.get("replicas", 0),
+        ready_replicas=deployment_status.get("readyReplicas", 0),
+        selector=selector(name),
+        model=model if model is not None else previous.get("model"),
+        conditions=[
+            condition("Ready", verdict.ready, verdict.reason, verdict.message),
+            condition(
+                "Reconciling",
+                reconciling,
+                verdict.reason if reconciling else "Settled",
+                verdict.message if reconciling else "",
+            ),
+            condition(
+                "Stalled",
+                verdict.stalled,
+                verdict.reason if verdict.stalled else "Settled",
+                verdict.message if verdict.stalled else "",
+            ),
+        ],
+    )
+    dumped: dict[str, Any] = status.model_dump(by_alias=True, exclude_none=True)
+    return dumped

@@ -1,0 +1,168 @@
+"""What connects kopf to the reconcile: settings, the watch cache, locks, events.
+
+handlers.py holds only decorators; each calls one function here.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+from modelplane_operator import names
+from modelplane_operator.config import OperatorConfig
+from modelplane_operator.kube import KubeApi, load_client
+from modelplane_operator.reconcile import ClusterView, RetryLater, SpecRejected, reconcile
+
+log = logging.getLogger("modelplane.operator")
+SAFETY_NET_SECONDS = 60.0
+INDEX_OF_KIND = {
+    "Deployment": "deployments",
+    "Service": "services",
+    "HorizontalPodAutoscaler": "hpas",
+    "PodDisruptionBudget": "pdbs",
+}
+Obj = dict[str, Any]
+
+
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo) -> None:
+    """The one place kopf is configured; typed config and the API client go into memo."""
+    config = OperatorConfig()
+    if config.log_format == "json":
+        kopf.configure(log_format=kopf.LogFormat.JSON)
+    settings.persistence.finalizer = f"{names.GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=names.GROUP, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING  # Events only for what a user must act on
+    settings.peering.standalone = True  # one replica, Recreate strategy
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
+    settings.networking.request_timeout = 60
+    memo.config = config
+    memo.api = KubeApi(load_client())
+    memo.locks = _Locks()
+    memo.written = {}  # (namespace, name) -> the status this operator last wrote
+    if config.metrics_port:
+        start_http_server(config.metrics_port, addr=config.metrics_address)
+
+
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod, the service account; elsewhere the kubeconfig (read now, not at import)."""
+    found: kopf.ConnectionInfo | None = kopf.login_with_service_account(**kwargs)
+    return found or kopf.login_with_kubeconfig(**kwargs)
+
+
+def stop(memo: kopf.Memo) -> None:
+    api = getattr(memo, "api", None)
+    if api is not None:
+        api.client.close()
+
+
+def watched(namespace: str | None, memo: kopf.Memo, **_: Any) -> bool:
+    config: OperatorConfig | None = getattr(memo, "config", None)
+    return config is None or config.watches(namespace or "")
+
+
+def snapshot(body: kopf.Body) -> Obj:
+    """A plain copy of a watched object for an index: kopf's Body is a live view."""
+    return copy.deepcopy(dict(body))
+
+
+class _Locks:
+    """One lock per ModelDeployment: its handlers, timer and child events never overlap."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+
+    def __call__(self, key: tuple[str, str]) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+
+def _first(store: Iterable[Obj] | None) -> Obj | None:
+    return next(iter(store), None) if store is not None else None
+
+
+def _view(
+    memo: kopf.Memo,
+    indexes: Mapping[str, Any],
+    override: tuple[tuple[str, str, str], Obj | None] | None = None,
+) -> ClusterView:
+    api: KubeApi = memo.api
+
+    def cached(kind: str, namespace: str, name: str) -> Obj | None:
+        if override is not None and override[0] == (kind, namespace, name):
+            return override[1]
+        return _first(indexes[INDEX_OF_KIND[kind]].get((namespace, name)))
+
+    def child(kind: str, namespace: str, name: str) -> Obj | None:
+        found = cached(kind, namespace, name)
+        if found is None and not (override is not None and override[0] == (kind, namespace, name)):
+            return api.get(kind, namespace, name)
+        return found
+
+    def pods(namespace: str, name: str) -> Sequence[Obj]:
+        return list(indexes["pods"].get((namespace, name), []))
+
+    return ClusterView(child=child, cached=cached, pods=pods)
+
+
+def reconcile_body(
+    body: Mapping[str, Any],
+    memo: kopf.Memo,
+    indexes: Mapping[str, Any],
+    override: tuple[tuple[str, str, str], Obj | None] | None = None,
+) -> None:
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    with memo.locks(key):
+        current = dict(body)
+        # Our own last status write may be newer than the watch event we were given.
+        written = memo.written.get(key)
+        if written is not None and written[0] == body["metadata"].get("uid"):
+            current["status"] = written[1]
+
+        def remember(status: Obj) -> None:
+            memo.written[key] = (body["metadata"].get("uid"), status)
+
+        reconcile(
+            current,
+            memo.api,
+            memo.config,
+            _view(memo, indexes, override),
+            on_status_written=remember,
+        )
+
+
+def reconcile_owner(event: kopf.RawEvent, memo: kopf.Memo, indexes: Mapping[str, Any]) -> None:
+    """A child or pod changed: reconcile its ModelDeployment (status, and drift repair)."""
+    obj = event["object"]
+    meta = obj.get("metadata", {})
+    namespace = meta.get("namespace", "")
+    owner = meta.get("labels", {}).get(names.LABEL_INSTANCE)
+    if not owner or not watched(namespace, memo):
+        return
+    body = _first(indexes["model_deployments"].get((namespace, owner)))
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return
+    kind = obj.get("kind", "")
+    override = None
+    if kind in INDEX_OF_KIND:
+        # The event is fresher than the index: a deleted child is gone even if still indexed.
+        override = (
+            (kind, namespace, meta.get("name", "")),
+            None if event["type"] == "DELETED" else copy.deepcopy(dict(obj)),
+        )
+    try:
+        reconcile_body(body, memo, indexes, override)
+    except (SpecRejected, RetryLater) as exc:
+        # Handled on the ModelDeployment's own handlers; the timer retries this path.
+        log.info("reconcile of %s/%s after a %s change deferred: %s", namespace, owner, kind, exc)

@@ -1,0 +1,175 @@
+"""Real kopf against the emulator over HTTP: set-up, a small client, bounded waits."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import requests
+from kopf.testing import KopfRunner
+
+from modelplane_testkit.kube_emulator import EmulatorThread
+
+T = TypeVar("T")
+MD_PATH = "/apis/modelplane.io/v1alpha1/namespaces/{ns}/modeldeployments"
+PATHS = {
+    "modeldeployments": MD_PATH,
+    "deployments": "/apis/apps/v1/namespaces/{ns}/deployments",
+    "services": "/api/v1/namespaces/{ns}/services",
+    "horizontalpodautoscalers": "/apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers",
+    "poddisruptionbudgets": "/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets",
+    "pods": "/api/v1/namespaces/{ns}/pods",
+    "events": "/api/v1/namespaces/{ns}/events",
+}
+WAIT = 20.0
+
+
+def wait_for(check: Callable[[], T | None], what: str, timeout: float = WAIT) -> T:
+    """Poll until ``check`` returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+class Cluster:
+    """The emulated API server, spoken to over HTTP like any client would."""
+
+    def __init__(self, emulator: EmulatorThread) -> None:
+        self.emulator = emulator
+        self.http = requests.Session()
+
+    def url(self, plural: str, namespace: str, name: str = "", sub: str = "") -> str:
+        path = PATHS[plural].format(ns=namespace)
+        return self.emulator.url + path + (f"/{name}" if name else "") + (f"/{sub}" if sub else "")
+
+    def create(self, plural: str, obj: dict[str, Any]) -> dict[str, Any]:
+        response = self.http.post(
+            self.url(plural, obj["metadata"]["namespace"]), json=obj, timeout=10
+        )
+        assert response.status_code < 300, response.text
+        created: dict[str, Any] = response.json()
+        return created
+
+    def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        response = self.http.get(self.url(plural, namespace, name), timeout=10)
+        if response.status_code == 404:
+            return None
+        assert response.status_code == 200, response.text
+        found: dict[str, Any] = response.json()
+        return found
+
+    def patch(
+        self,
+        plural: str,
+        namespace: str,
+        name: str,
+        patch: dict[str, Any],
+        *,
+        sub: str = "",
+        manager: str = "test",
+    ) -> dict[str, Any]:
+        response = self.http.patch(
+            self.url(plural, namespace, name, sub),
+            json=patch,
+            timeout=10,
+            params={"fieldManager": manager},
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+        assert response.status_code == 200, response.text
+        patched: dict[str, Any] = response.json()
+        return patched
+
+    def delete(self, plural: str, namespace: str, name: str) -> None:
+        response = self.http.delete(self.url(plural, namespace, name), timeout=10)
+        assert response.status_code == 200, response.text
+
+    def list(self, plural: str) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = self.emulator.run(self.emulator.emulator.all_of, plural)
+        return found
+
+    def mutations(self) -> int:
+        return len(self.emulator.emulator.mutations)
+
+    def play_deployment_controller(self, namespace: str, name: str) -> None:
+        """Report every replica of the current generation available, as the controller would."""
+        deployment = wait_for(lambda: self.get("deployments", namespace, name), "the Deployment")
+        replicas = deployment["spec"].get("replicas", 1)
+        self.patch(
+            "deployments",
+            namespace,
+            name,
+            {
+                "status": {
+                    "observedGeneration": deployment["metadata"]["generation"],
+                    "replicas": replicas,
+                    "updatedReplicas": replicas,
+                    "readyReplicas": replicas,
+                    "availableReplicas": replicas,
+                    "conditions": [
+                        {
+                            "type": "Available",
+                            "status": "True",
+                            "reason": "MinimumReplicasAvailable",
+                        },
+                        {
+                            "type": "Progressing",
+                            "status": "True",
+                            "reason": "NewReplicaSetAvailable",
+                        },
+                    ],
+                }
+            },
+            sub="status",
+            manager="kube-controller-manager",
+        )
+
+
+def condition(md: dict[str, Any] | None, kind: str) -> dict[str, Any]:
+    for found in (md or {}).get("status", {}).get("conditions", []):
+        if found["type"] == kind:
+            result: dict[str, Any] = found
+            return result
+    return {}
+
+
+@contextmanager
+def running_operator(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, emulator: EmulatorThread
+) -> Iterator[KopfRunner]:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: emulator\n"
+        f"clusters: [{{name: emulator, cluster: {{server: '{emulator.url}'}}}}]\n"
+        "users: [{name: tester, user: {token: test-token}}]\n"
+        "contexts: [{name: emulator, context: {cluster: emulator, user: tester}}]\n"
+    )
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.setenv("MODELPLANE_OPERATOR_METRICS_PORT", "0")
+    args = ["run", "-m", "modelplane_operator.handlers", "--all-namespaces", "--standalone"]
+    with KopfRunner(args, timeout=60) as runner:
+        yield runner
+    assert runner.exception is None, runner.output
+    assert runner.exit_code == 0, runner.output
+
+
+def start_emulator() -> EmulatorThread:
+    emulator = EmulatorThread()
+    api = emulator.emulator
+    api.serve("modelplane.io/v1alpha1", "modeldeployments", "ModelDeployment")
+    api.serve("apps/v1", "deployments", "Deployment")
+    api.serve("v1", "services", "Service")
+    api.serve("autoscaling/v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler")
+    api.serve("policy/v1", "poddisruptionbudgets", "PodDisruptionBudget")
+    api.serve("v1", "pods", "Pod")
+    api.serve("v1", "events", "Event", status=False)
+    api.serve("v1", "namespaces", "Namespace", namespaced=False)
+    return emulator
