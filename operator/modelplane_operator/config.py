@@ -33,6 +33,9 @@ class OperatorConfig(BaseSettings):
         default="", description="Comma-separated namespaces to watch; empty watches all."
     )
     log_format: Literal["text", "json"] = "text"
+    conflict_retry_seconds: float = Field(
+        default=30.0, gt=0, description="How often to re-check a child in the way."
+    )
     metrics_port: int = Field(default=9090, ge=0, le=65535, description="0 turns it off.")
     metrics_address: str = "0.0.0.0"  # noqa: S104 - the pod's network namespace
 

@@ -1,5 +1,8 @@
 """kopf handlers: decorators only. Every path ends in reconcile.reconcile().
 
+No timers or daemons: kopf puts a finalizer on objects that have them, and a
+finalizer would block deleting a ModelDeployment whenever the operator is down.
+
 Start with ``kopf run -m modelplane_operator.handlers`` (never by file path:
 operator/ must not shadow Python's own ``operator`` module).
 """
@@ -77,12 +80,6 @@ def pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) 
 @kopf.on.create(*MD, when=wiring.watched)
 @kopf.on.update(*MD, field="spec", when=wiring.watched)
 @kopf.on.resume(*MD, when=wiring.watched)
-@kopf.timer(
-    *MD,
-    interval=wiring.SAFETY_NET_SECONDS,
-    initial_delay=wiring.SAFETY_NET_SECONDS,
-    when=wiring.watched,
-)
 def reconcile_model_deployment(body: kopf.Body, memo: kopf.Memo, **indexes: Any) -> None:
     try:
         wiring.reconcile_body(body, memo, indexes)

@@ -31,7 +31,6 @@ Obj = dict[str, Any]
 log = logging.getLogger("modelplane.operator")
 
 OPTIONAL_KINDS = ("HorizontalPodAutoscaler", "PodDisruptionBudget")
-RETRY_DELAY_NOT_OWNED = 30.0
 
 
 class SpecRejected(Exception):
@@ -192,7 +191,7 @@ def _reconcile(
             for r in foreign
         )
         write_status(Problem("ChildNotOwned", message), url, model)
-        raise RetryLater(message, delay=RETRY_DELAY_NOT_OWNED)
+        raise RetryLater(message, delay=config.conflict_retry_seconds)
     written = write_status(None, url, model)
     return ReconcileResult(children, written)
 

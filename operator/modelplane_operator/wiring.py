@@ -20,7 +20,7 @@ from modelplane_operator.kube import KubeApi, load_client
 from modelplane_operator.reconcile import ClusterView, RetryLater, SpecRejected, reconcile
 
 log = logging.getLogger("modelplane.operator")
-SAFETY_NET_SECONDS = 60.0
+RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 INDEX_OF_KIND = {
     "Deployment": "deployments",
     "Service": "services",
@@ -49,6 +49,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo) -> None:
     memo.config = config
     memo.api = KubeApi(load_client())
     memo.locks = _Locks()
+    memo.retries = _Retries()
     memo.written = {}  # (namespace, name) -> the status this operator last wrote
     if config.metrics_port:
         start_http_server(config.metrics_port, addr=config.metrics_address)
@@ -61,6 +62,9 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 
 def stop(memo: kopf.Memo) -> None:
+    retries = getattr(memo, "retries", None)
+    if retries is not None:
+        retries.cancel_all()
     api = getattr(memo, "api", None)
     if api is not None:
         api.client.close()
@@ -86,6 +90,38 @@ class _Locks:
     def __call__(self, key: tuple[str, str]) -> threading.Lock:
         with self._guard:
             return self._locks.setdefault(key, threading.Lock())
+
+
+class _Retries:
+    """Retries for reconciles started by child events, which kopf itself does not retry."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._timers: dict[tuple[str, str], tuple[int, threading.Timer]] = {}
+
+    def schedule(self, key: tuple[str, str], action: Any) -> None:
+        with self._guard:
+            attempt, previous = self._timers.get(key, (0, None))
+            if previous is not None:
+                previous.cancel()
+            if attempt >= len(RETRY_DELAYS):
+                log.error("giving up on %s/%s after %d retries", *key, attempt)
+                self._timers.pop(key, None)
+                return
+            timer = threading.Timer(RETRY_DELAYS[attempt], action)
+            timer.daemon = True
+            self._timers[key] = (attempt + 1, timer)
+            timer.start()
+
+    def succeeded(self, key: tuple[str, str]) -> None:
+        with self._guard:
+            self._timers.pop(key, None)
+
+    def cancel_all(self) -> None:
+        with self._guard:
+            for _, timer in self._timers.values():
+                timer.cancel()
+            self._timers.clear()
 
 
 def _first(store: Iterable[Obj] | None) -> Obj | None:
@@ -150,9 +186,6 @@ def reconcile_owner(event: kopf.RawEvent, memo: kopf.Memo, indexes: Mapping[str,
     owner = meta.get("labels", {}).get(names.LABEL_INSTANCE)
     if not owner or not watched(namespace, memo):
         return
-    body = _first(indexes["model_deployments"].get((namespace, owner)))
-    if body is None or body["metadata"].get("deletionTimestamp"):
-        return
     kind = obj.get("kind", "")
     override = None
     if kind in INDEX_OF_KIND:
@@ -161,8 +194,26 @@ def reconcile_owner(event: kopf.RawEvent, memo: kopf.Memo, indexes: Mapping[str,
             (kind, namespace, meta.get("name", "")),
             None if event["type"] == "DELETED" else copy.deepcopy(dict(obj)),
         )
+    _reconcile_from_event(memo, indexes, (namespace, owner), override, kind)
+
+
+def _reconcile_from_event(
+    memo: kopf.Memo,
+    indexes: Mapping[str, Any],
+    key: tuple[str, str],
+    override: tuple[tuple[str, str, str], Obj | None] | None,
+    kind: str,
+) -> None:
+    body = _first(indexes["model_deployments"].get(key))
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        memo.retries.succeeded(key)
+        return
     try:
         reconcile_body(body, memo, indexes, override)
-    except (SpecRejected, RetryLater) as exc:
-        # Handled on the ModelDeployment's own handlers; the timer retries this path.
-        log.info("reconcile of %s/%s after a %s change deferred: %s", namespace, owner, kind, exc)
+    except SpecRejected:
+        memo.retries.succeeded(key)  # the ModelDeployment's own handlers report this
+    except RetryLater as exc:
+        log.info("reconcile of %s/%s after a %s change will be retried: %s", *key, kind, exc)
+        memo.retries.schedule(key, lambda: _reconcile_from_event(memo, indexes, key, None, kind))
+    else:
+        memo.retries.succeeded(key)

@@ -14,8 +14,9 @@ server would, well enough for the operator:
   removed unless another manager (say the HPA) owns it; merge patches and
   updates take ownership of what they set; a Deployment left without
   ``spec.replicas`` is defaulted to 1, as the API server does;
-- deleting an object deletes the objects it owns (background cascade), and
-  finalizers hold a deletion until they are removed;
+- deleting an object deletes the objects it owns (background cascade), an
+  object whose owners are all gone is deleted as it is written (as the garbage
+  collector would, a moment later), and finalizers hold a deletion until removed;
 - faults can be injected per method and path, and every mutating request is
   recorded, so tests can count writes.
 
@@ -146,6 +147,7 @@ class ApiEmulator(kmock.KubernetesEmulator):
         self._version = 0
         self._ownership: dict[Any, _Ownership] = {}
         self._log: list[tuple[int, Any, Obj]] = []  # (resourceVersion, resource, event)
+        self._uids: set[str] = set()
         self._watchers: list[tuple[Any, str | None, asyncio.Queue[Obj]]] = []
 
     # --- set-up -------------------------------------------------------------------------
@@ -239,7 +241,11 @@ class ApiEmulator(kmock.KubernetesEmulator):
             self._objects[key].create(obj)
         else:
             self._objects[key] = obj
+        self._uids.add(obj["metadata"]["uid"])
         self._publish(key, event, obj)
+        owners = {ref.get("uid") for ref in obj["metadata"].get("ownerReferences", [])}
+        if owners and not owners & self._uids:
+            await self._delete(key, copy.deepcopy(obj))  # the GC removes orphans at once
         return obj
 
     def _publish(self, key: Any, kind: str, obj: Obj) -> None:
@@ -394,6 +400,7 @@ class ApiEmulator(kmock.KubernetesEmulator):
     async def _remove(self, key: Any, obj: Obj) -> Obj:
         self._objects[key].delete()
         self._ownership.pop(key, None)
+        self._uids.discard(obj["metadata"]["uid"])
         self._stamp(obj)
         self._publish(key, "DELETED", obj)
         uid = obj["metadata"]["uid"]

@@ -154,6 +154,7 @@ def running_operator(
     )
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.setenv("MODELPLANE_OPERATOR_METRICS_PORT", "0")
+    monkeypatch.setenv("MODELPLANE_OPERATOR_CONFLICT_RETRY_SECONDS", "2")
     args = ["run", "-m", "modelplane_operator.handlers", "--all-namespaces", "--standalone"]
     with KopfRunner(args, timeout=60) as runner:
         yield runner

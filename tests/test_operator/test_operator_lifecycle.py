@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from modelplane_testkit.operator_harness import Cluster, condition, wait_for
@@ -60,3 +61,138 @@ def test_create_makes_owned_children_and_goes_ready(cluster: Cluster) -> None:
     assert status["model"] == {"uri": "s3://bucket/model.onnx"}
     assert condition({"status": status}, "Reconciling")["status"] == "False"
     assert condition({"status": status}, "Stalled")["status"] == "False"
+
+
+def _deployment(cluster: Cluster) -> dict[str, Any]:
+    found = cluster.get("deployments", NS, "demo")
+    assert found is not None
+    return found
+
+
+def test_spec_update_changes_children_but_never_the_selector(cluster: Cluster) -> None:
+    cluster.create("modeldeployments", _md())
+    before = wait_for(lambda: cluster.get("deployments", NS, "demo"), "the Deployment")
+    assert (
+        "nvidia.com/gpu"
+        not in before["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    )
+
+    cluster.patch(
+        "modeldeployments",
+        NS,
+        "demo",
+        {
+            "spec": {
+                "resources": {"gpu": {"count": 2}},
+                "runtime": {
+                    "image": "registry.example/runtime:2.0",
+                    "batching": {"maxBatchSize": 8, "maxLatencyMs": 2},
+                },
+            }
+        },
+    )
+
+    def updated() -> dict[str, Any] | None:
+        runtime = _deployment(cluster)["spec"]["template"]["spec"]["containers"][0]
+        return runtime if runtime["image"] == "registry.example/runtime:2.0" else None
+
+    runtime = wait_for(updated, "the new image")
+    env = {e["name"]: e["value"] for e in runtime["env"]}
+    assert runtime["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert env["MODELPLANE_MAX_BATCH_SIZE"] == "8"
+    assert env["MODELPLANE_MAX_LATENCY_MS"] == "2"
+    assert env["MODELPLANE_EXECUTION_PROVIDERS"] == "CUDAExecutionProvider,CPUExecutionProvider"
+    after = _deployment(cluster)
+    assert after["spec"]["selector"] == before["spec"]["selector"]
+    assert after["metadata"]["generation"] == before["metadata"]["generation"] + 1
+    md = cluster.get("modeldeployments", NS, "demo")
+    wait_for(
+        lambda: (
+            (cluster.get("modeldeployments", NS, "demo") or {})
+            .get("status", {})
+            .get("observedGeneration")
+            == 2
+        ),
+        "observedGeneration 2",
+    )
+    assert md is not None
+
+
+def test_autoscaling_on_off_on_hands_replicas_over(cluster: Cluster) -> None:
+    cluster.create("modeldeployments", _md(replicas=3))
+    wait_for(
+        lambda: (cluster.get("deployments", NS, "demo") or {}).get("spec", {}).get("replicas") == 3,
+        "3 replicas",
+    )
+
+    # On: the HPA appears and the operator stops applying replicas.
+    cluster.patch(
+        "modeldeployments",
+        NS,
+        "demo",
+        {"spec": {"autoscaling": {"minReplicas": 2, "maxReplicas": 6}}},
+    )
+    hpa = wait_for(lambda: cluster.get("horizontalpodautoscalers", NS, "demo"), "the HPA")
+    assert hpa["spec"]["minReplicas"] == 2
+    wait_for(lambda: cluster.get("poddisruptionbudgets", NS, "demo"), "the PDB")
+    # The HPA scales the Deployment; a later reconcile must not undo it.
+    cluster.patch(
+        "deployments", NS, "demo", {"spec": {"replicas": 5}}, manager="horizontal-pod-autoscaler"
+    )
+    cluster.patch(
+        "modeldeployments", NS, "demo", {"spec": {"runtime": {"batching": {"maxBatchSize": 4}}}}
+    )
+    wait_for(lambda: "4" in str(_deployment(cluster)["spec"]["template"]), "the batching change")
+    assert _deployment(cluster)["spec"]["replicas"] == 5
+
+    # Off: the HPA and PDB go, and spec.replicas is the Deployment's again.
+    cluster.patch("modeldeployments", NS, "demo", {"spec": {"autoscaling": None, "replicas": 1}})
+    wait_for(lambda: cluster.get("horizontalpodautoscalers", NS, "demo") is None, "no HPA")
+    wait_for(lambda: cluster.get("poddisruptionbudgets", NS, "demo") is None, "no PDB")
+    wait_for(lambda: _deployment(cluster)["spec"]["replicas"] == 1, "replicas back to 1")
+
+    # On again.
+    cluster.patch(
+        "modeldeployments",
+        NS,
+        "demo",
+        {"spec": {"autoscaling": {"minReplicas": 1, "maxReplicas": 4}}},
+    )
+    wait_for(lambda: cluster.get("horizontalpodautoscalers", NS, "demo"), "the HPA again")
+    cluster.patch(
+        "deployments", NS, "demo", {"spec": {"replicas": 3}}, manager="horizontal-pod-autoscaler"
+    )
+    cluster.patch(
+        "modeldeployments", NS, "demo", {"spec": {"runtime": {"warmup": {"iterations": 9}}}}
+    )
+    wait_for(
+        lambda: '"9"' in str(_deployment(cluster)["spec"]["template"]).replace("'", '"'),
+        "the warmup change",
+    )
+    assert _deployment(cluster)["spec"]["replicas"] == 3
+
+
+def _gone(cluster: Cluster, plural: str) -> bool:
+    return cluster.get(plural, NS, "demo") is None
+
+
+def test_deleting_the_model_deployment_removes_its_children(cluster: Cluster) -> None:
+    cluster.create(
+        "modeldeployments", _md(replicas=2, autoscaling={"minReplicas": 2, "maxReplicas": 3})
+    )
+    for plural in ("deployments", "services", "horizontalpodautoscalers", "poddisruptionbudgets"):
+        wait_for(partial(cluster.get, plural, NS, "demo"), plural)
+    md = cluster.get("modeldeployments", NS, "demo")
+    assert md is not None
+    assert not md["metadata"].get("finalizers"), "no finalizer may block deletion"
+
+    cluster.delete("modeldeployments", NS, "demo")
+
+    for plural in (
+        "modeldeployments",
+        "deployments",
+        "services",
+        "horizontalpodautoscalers",
+        "poddisruptionbudgets",
+    ):
+        wait_for(partial(_gone, cluster, plural), f"{plural} gone")
