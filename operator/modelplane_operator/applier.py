@@ -34,6 +34,7 @@ class ChildResult:
     kind: str
     name: str
     outcome: Outcome
+    live: Obj | None = None  # the object as the API holds it now, when known
 
     @property
     def wrote(self) -> bool:
@@ -81,12 +82,12 @@ def apply_children(
     for obj, found in current:
         name = obj["metadata"]["name"]
         if found is not None and contains(found, obj):
-            results.append(ChildResult(obj["kind"], name, Outcome.UNCHANGED))
+            results.append(ChildResult(obj["kind"], name, Outcome.UNCHANGED, found))
             continue
-        api.apply(obj)
+        applied = api.apply(obj)
         outcome = Outcome.CREATED if found is None else Outcome.UPDATED
         log.info("%s %s/%s %s", obj["kind"], obj["metadata"]["namespace"], name, outcome.value)
-        results.append(ChildResult(obj["kind"], name, outcome))
+        results.append(ChildResult(obj["kind"], name, outcome, applied))
     for kind, namespace, name in unwanted:
         found = cached(kind, namespace, name)
         if found is None or not is_controlled_by(found, owner_uid):

@@ -127,7 +127,10 @@ def _reconcile(
     previous: Mapping[str, Any] = body.get("status") or {}
 
     def write_status(
-        problem: Problem | None = None, url: str | None = None, model: ModelStatus | None = None
+        problem: Problem | None = None,
+        url: str | None = None,
+        model: ModelStatus | None = None,
+        deployment: Obj | None = None,
     ) -> bool:
         status = compute_status(
             name=name,
@@ -135,7 +138,8 @@ def _reconcile(
             previous=previous,
             url=url,
             model=model,
-            deployment=cluster.cached("Deployment", namespace, name),
+            # Just applied, the Deployment may not have reached the watch cache yet.
+            deployment=deployment or cluster.cached("Deployment", namespace, name),
             pods=cluster.pods(namespace, name),
             problem=problem,
             now=now(),
@@ -192,7 +196,8 @@ def _reconcile(
         )
         write_status(Problem("ChildNotOwned", message), url, model)
         raise RetryLater(message, delay=config.conflict_retry_seconds)
-    written = write_status(None, url, model)
+    applied = next((r.live for r in children if r.kind == "Deployment" and r.live), None)
+    written = write_status(None, url, model, applied)
     return ReconcileResult(children, written)
 
 

@@ -6,6 +6,7 @@ handlers.py holds only decorators; each calls one function here.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -75,9 +76,14 @@ def watched(namespace: str | None, memo: kopf.Memo, **_: Any) -> bool:
     return config is None or config.watches(namespace or "")
 
 
-def snapshot(body: kopf.Body) -> Obj:
-    """A plain copy of a watched object for an index: kopf's Body is a live view."""
-    return copy.deepcopy(dict(body))
+def snapshot(body: kopf.Body) -> bytes:
+    """A watched object for an index, as compact JSON.
+
+    A parsed Deployment costs tens of KiB of Python objects and its JSON a few;
+    the cache holds five objects per ModelDeployment, so it keeps bytes and a
+    reconcile parses the few it reads.
+    """
+    return json.dumps(dict(body), separators=(",", ":")).encode()
 
 
 class _Locks:
@@ -124,8 +130,14 @@ class _Retries:
             self._timers.clear()
 
 
-def _first(store: Iterable[Obj] | None) -> Obj | None:
-    return next(iter(store), None) if store is not None else None
+def _first(store: Iterable[bytes] | None) -> Obj | None:
+    found = next(iter(store), None) if store is not None else None
+    return _parse(found) if found is not None else None
+
+
+def _parse(snapshot: bytes) -> Obj:
+    parsed: Obj = json.loads(snapshot)
+    return parsed
 
 
 def _view(
@@ -147,7 +159,7 @@ def _view(
         return found
 
     def pods(namespace: str, name: str) -> Sequence[Obj]:
-        return list(indexes["pods"].get((namespace, name), []))
+        return [_parse(pod) for pod in indexes["pods"].get((namespace, name), [])]
 
     return ClusterView(child=child, cached=cached, pods=pods)
 

@@ -180,6 +180,12 @@ class ApiEmulator(kmock.KubernetesEmulator):
                     Mutation(method, request.url.path, request.params.get("fieldManager", ""))
                 )
                 return aiohttp.web.json_response(await self._write(request, method))
+            if request.resource is not None and request.resource.plural:
+                if request.action == kmock.action.FETCH:
+                    return aiohttp.web.json_response(await self._fetch(request))
+                if request.action == kmock.action.LIST:
+                    return aiohttp.web.json_response(await self._serve_list(request))
+            # Watches and discovery: kmock's own machinery (rare, so its cost does not matter).
             return await kmock.KubernetesScaffold._handle(self, request)
         except kmock.KubernetesError as exc:
             return await self._render_error(exc)
@@ -255,7 +261,14 @@ class ApiEmulator(kmock.KubernetesEmulator):
             if resource == key[0] and namespace in (None, key[1]):
                 queue.put_nowait(event)
 
-    # --- reads: list and watch with resourceVersion, as the API server does ---------------
+    # --- reads: fetch, list and watch with resourceVersion, as the API server does ---------
+
+    async def _fetch(self, request: rendering.Request) -> Obj:
+        async with self._lock:
+            found = self._live((request.resource, request.namespace, request.name or ""))
+        if found is None or request.subresource not in (None, "status"):
+            raise kmock.KubernetesObjectNotFoundError()
+        return found
 
     async def _serve_list(self, request: rendering.Request) -> Obj:
         async with self._lock:

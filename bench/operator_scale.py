@@ -1,0 +1,233 @@
+"""How the operator's cost grows with its work, against the test API emulator.
+
+For N ModelDeployments (default 10, 100, 500), with a fresh emulator and a fresh
+``kopf run -m modelplane_operator.handlers`` process each time:
+
+- seconds from creating N ModelDeployments to all of them having their
+  children applied and their status written;
+- mutating API requests per ModelDeployment on create, by kind;
+- mutating API requests on an operator restart with nothing changed;
+- the operator's resident memory once all N are reconciled.
+
+Prints a table and writes bench/results/operator_scale.json. Run: make bench-operator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import psutil
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from modelplane_testkit.kube_emulator import Mutation  # noqa: E402
+from modelplane_testkit.operator_harness import Cluster, start_emulator  # noqa: E402
+from modelplane_testkit.runtime_server import free_port  # noqa: E402
+
+RESULTS = REPO / "bench" / "results" / "operator_scale.json"
+NAMESPACE = "bench"
+TIMEOUT = 300.0
+
+
+def _model_deployment(index: int) -> dict[str, Any]:
+    spec: dict[str, Any] = {"model": {"uri": f"s3://models/m{index}/model.onnx"}}
+    if index % 3 == 1:
+        spec["autoscaling"] = {"minReplicas": 2, "maxReplicas": 6}
+    if index % 3 == 2:
+        spec["resources"] = {"gpu": {"count": 1}}
+        spec["replicas"] = 2
+    return {
+        "apiVersion": "modelplane.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": f"model-{index:04d}", "namespace": NAMESPACE},
+        "spec": spec,
+    }
+
+
+def _kind(mutation: Mutation) -> str:
+    path = mutation.path
+    if path.endswith("/status"):
+        return "status write"
+    if "/events" in path:
+        return "event"
+    if "/modeldeployments" in path:
+        return "ModelDeployment metadata (kopf)"
+    if mutation.method == "PATCH" and mutation.manager == "modelplane-operator":
+        return "child apply"
+    return f"{mutation.method} other"
+
+
+class Operator:
+    def __init__(self, url: str, folder: Path) -> None:
+        kubeconfig = folder / "kubeconfig"
+        kubeconfig.write_text(
+            "apiVersion: v1\nkind: Config\ncurrent-context: e\n"
+            f"clusters: [{{name: e, cluster: {{server: '{url}'}}}}]\n"
+            "users: [{name: u, user: {token: t}}]\n"
+            "contexts: [{name: e, context: {cluster: e, user: u}}]\n"
+        )
+        self.metrics = free_port()
+        self.log = (folder / "operator.log").open("ab")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "kopf",
+                "run",
+                "-m",
+                "modelplane_operator.handlers",
+                "--all-namespaces",
+                "--standalone",
+            ],
+            env={
+                **os.environ,
+                "KUBECONFIG": str(kubeconfig),
+                "MODELPLANE_OPERATOR_METRICS_PORT": str(self.metrics),
+                "MODELPLANE_OPERATOR_METRICS_ADDRESS": "127.0.0.1",
+                # Production trims every 30 s; 1 s reaches the steady state sooner here.
+                "MODELPLANE_OPERATOR_MEMORY_TRIM_SECONDS": "1",
+            },
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=folder,
+        )
+
+    def reconciles(self, outcome: str) -> float:
+        try:
+            text = requests.get(f"http://127.0.0.1:{self.metrics}/metrics", timeout=5).text
+        except requests.ConnectionError:
+            return 0.0
+        for line in text.splitlines():
+            if line.startswith(f'modelplane_operator_reconciles_total{{outcome="{outcome}"}}'):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def rss(self) -> int:
+        return int(psutil.Process(self.process.pid).memory_info().rss)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.log.close()
+
+
+def _reconciled(cluster: Cluster, count: int) -> bool:
+    statuses = [md.get("status", {}) for md in cluster.list("modeldeployments")]
+    done = sum(1 for status in statuses if status.get("observedGeneration") == 1)
+    return done == count and len(cluster.list("services")) == count
+
+
+def _wait(check: Any, what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not check():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.25)
+
+
+def measure(count: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp, start_emulator() as emulator:
+        cluster = Cluster(emulator)
+        operator = Operator(emulator.url, Path(tmp))
+        try:
+            _wait(lambda: operator.reconciles("changed") >= 0 and operator.rss() > 0, "start")
+            time.sleep(2)  # let kopf list and watch before the clock starts
+            baseline_rss = operator.rss()
+            start = time.perf_counter()
+            for index in range(count):
+                cluster.create("modeldeployments", _model_deployment(index))
+            _wait(lambda: _reconciled(cluster, count), "all reconciled")
+            elapsed = time.perf_counter() - start
+            time.sleep(3)  # late writes (if any) count against the operator; memory settles
+            mutations = [
+                m
+                for m in emulator.emulator.mutations
+                if not (m.method == "POST" and "/modeldeployments" in m.path)
+            ]
+            rss = operator.rss()
+        finally:
+            operator.stop()
+        by_kind = Counter(_kind(m) for m in mutations)
+
+        before = len(emulator.emulator.mutations)
+        restarted = Operator(emulator.url, Path(tmp))
+        try:
+            _wait(lambda: restarted.reconciles("unchanged") >= count, "the resume reconciles")
+            time.sleep(2)
+        finally:
+            restarted.stop()
+        restart_writes = len(emulator.emulator.mutations) - before
+    return {
+        "model_deployments": count,
+        "seconds_to_reconcile_all": round(elapsed, 2),
+        "writes_per_model_deployment": round(len(mutations) / count, 2),
+        "writes_by_kind_per_model_deployment": {
+            k: round(v / count, 2) for k, v in sorted(by_kind.items())
+        },
+        "writes_on_restart": restart_writes,
+        "operator_rss_mib": round(rss / 2**20, 1),
+        "operator_rss_baseline_mib": round(baseline_rss / 2**20, 1),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--counts", default="10,100,500")
+    args = parser.parse_args()
+    rows = [measure(int(n)) for n in args.counts.split(",")]
+    first, last = rows[0], rows[-1]
+    growth = (
+        (last["operator_rss_mib"] - first["operator_rss_mib"])
+        * 1024
+        / max(1, last["model_deployments"] - first["model_deployments"])
+    )
+    print(f"{'N':>5} {'seconds':>8} {'writes/MD':>10} {'restart writes':>15} {'RSS MiB':>8}")
+    for row in rows:
+        print(
+            f"{row['model_deployments']:>5} {row['seconds_to_reconcile_all']:>8} "
+            f"{row['writes_per_model_deployment']:>10} {row['writes_on_restart']:>15} "
+            f"{row['operator_rss_mib']:>8}"
+        )
+    print("writes per ModelDeployment by kind (largest N):")
+    for kind, value in last["writes_by_kind_per_model_deployment"].items():
+        print(f"    {kind:<34} {value}")
+    print(f"memory growth: {growth:.1f} KiB per ModelDeployment")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "platform": platform.platform(),
+                },
+                "rows": rows,
+                "rss_growth_kib_per_model_deployment": round(growth, 1),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"wrote {RESULTS.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
