@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 CODE := $(wildcard operator runtime tests bench)
 
-.PHONY: demo test lint typecheck unit crd golden clean
+.PHONY: demo test lint typecheck unit crd golden bench-operator clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "modelplane needs Python 3.11+")'
@@ -42,6 +42,10 @@ crd: $(STAMP)
 
 golden: $(STAMP)
 	UPDATE_GOLDEN=1 $(BIN)/python -m pytest -q tests/test_operator/test_render_golden.py
+
+# Operator cost at 10/100/500 ModelDeployments against the test emulator (~2 minutes).
+bench-operator: $(STAMP)
+	$(BIN)/python bench/operator_scale.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -34,7 +34,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from modelplane_testkit.kube_emulator import Mutation  # noqa: E402
-from modelplane_testkit.operator_harness import Cluster, start_emulator  # noqa: E402
+from modelplane_testkit.operator_harness import (  # noqa: E402
+    Cluster,
+    start_emulator,
+    write_kubeconfig,
+)
 from modelplane_testkit.runtime_server import free_port  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "operator_scale.json"
@@ -72,13 +76,7 @@ def _kind(mutation: Mutation) -> str:
 
 class Operator:
     def __init__(self, url: str, folder: Path) -> None:
-        kubeconfig = folder / "kubeconfig"
-        kubeconfig.write_text(
-            "apiVersion: v1\nkind: Config\ncurrent-context: e\n"
-            f"clusters: [{{name: e, cluster: {{server: '{url}'}}}}]\n"
-            "users: [{name: u, user: {token: t}}]\n"
-            "contexts: [{name: e, context: {cluster: e, user: u}}]\n"
-        )
+        kubeconfig = write_kubeconfig(folder / "kubeconfig", url)
         self.metrics = free_port()
         self.log = (folder / "operator.log").open("ab")
         self.process = subprocess.Popen(

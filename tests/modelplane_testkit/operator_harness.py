@@ -141,17 +141,22 @@ def condition(md: dict[str, Any] | None, kind: str) -> dict[str, Any]:
     return {}
 
 
+def write_kubeconfig(path: Path, server: str) -> Path:
+    """A kubeconfig pointing at the emulator (no TLS, a dummy token)."""
+    path.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: emulator\n"
+        f"clusters: [{{name: emulator, cluster: {{server: '{server}'}}}}]\n"
+        "users: [{name: tester, user: {token: test-token}}]\n"
+        "contexts: [{name: emulator, context: {cluster: emulator, user: tester}}]\n"
+    )
+    return path
+
+
 @contextmanager
 def running_operator(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, emulator: EmulatorThread
 ) -> Iterator[KopfRunner]:
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: emulator\n"
-        f"clusters: [{{name: emulator, cluster: {{server: '{emulator.url}'}}}}]\n"
-        "users: [{name: tester, user: {token: test-token}}]\n"
-        "contexts: [{name: emulator, context: {cluster: emulator, user: tester}}]\n"
-    )
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", emulator.url)
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.setenv("MODELPLANE_OPERATOR_METRICS_PORT", "0")
     monkeypatch.setenv("MODELPLANE_OPERATOR_CONFLICT_RETRY_SECONDS", "2")

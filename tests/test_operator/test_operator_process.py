@@ -20,19 +20,10 @@ from modelplane_testkit.operator_harness import (
     running_operator,
     start_emulator,
     wait_for,
+    write_kubeconfig,
 )
 from modelplane_testkit.runtime_server import free_port
 from test_operator.samples import minimal
-
-
-def _kubeconfig(path: Path, url: str) -> Path:
-    path.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: e\n"
-        f"clusters: [{{name: e, cluster: {{server: '{url}'}}}}]\n"
-        "users: [{name: u, user: {token: t}}]\n"
-        "contexts: [{name: e, context: {cluster: e, user: u}}]\n"
-    )
-    return path
 
 
 def test_kopf_run_process_with_liveness_metrics_and_json_logs(tmp_path: Path) -> None:
@@ -41,7 +32,7 @@ def test_kopf_run_process_with_liveness_metrics_and_json_logs(tmp_path: Path) ->
         cluster = Cluster(emulator)
         env = {
             **os.environ,
-            "KUBECONFIG": str(_kubeconfig(tmp_path / "kubeconfig", emulator.url)),
+            "KUBECONFIG": str(write_kubeconfig(tmp_path / "kubeconfig", emulator.url)),
             "MODELPLANE_OPERATOR_METRICS_PORT": str(metrics),
             "MODELPLANE_OPERATOR_METRICS_ADDRESS": "127.0.0.1",
             "MODELPLANE_OPERATOR_LOG_FORMAT": "json",
