@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -274,7 +273,3 @@ def _first_line(exc: BaseException) -> str:
 def rows(arrays: Mapping[str, np.ndarray[Any, Any]]) -> int:
     first = next(iter(arrays.values()))
     return int(first.shape[0]) if first.ndim else 1
-
-
-def elements(arrays: Mapping[str, np.ndarray[Any, Any]]) -> int:
-    return sum(math.prod(a.shape) for a in arrays.values())

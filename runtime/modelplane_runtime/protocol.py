@@ -86,20 +86,6 @@ class InferenceRequest(_Wire):
     outputs: list[RequestOutput] | None = None
 
 
-class TensorMetadata(_Wire):
-    name: str
-    datatype: str
-    shape: list[int]
-
-
-class ModelMetadata(_Wire):
-    name: str
-    versions: list[str]
-    platform: str
-    inputs: list[TensorMetadata]
-    outputs: list[TensorMetadata]
-
-
 def tensor_from_wire(spec: RequestInput, dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:
     """Decode one input's ``data`` (flat row-major or nested) into an array of ``shape``.
 

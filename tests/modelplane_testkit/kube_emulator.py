@@ -36,7 +36,7 @@ import itertools
 import re
 import threading
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -493,7 +493,3 @@ class EmulatorThread:
             self._thread.join(timeout=10)
             if not self._thread.is_alive():
                 self.loop.close()
-
-
-def iter_mutations(emulator: ApiEmulator, since: int = 0) -> Iterator[Mutation]:
-    yield from emulator.mutations[since:]
