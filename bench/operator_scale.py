@@ -95,8 +95,6 @@ class Operator:
                 "KUBECONFIG": str(kubeconfig),
                 "MODELPLANE_OPERATOR_METRICS_PORT": str(self.metrics),
                 "MODELPLANE_OPERATOR_METRICS_ADDRESS": "127.0.0.1",
-                # Production trims every 30 s; 1 s reaches the steady state sooner here.
-                "MODELPLANE_OPERATOR_MEMORY_TRIM_SECONDS": "1",
             },
             stdout=self.log,
             stderr=subprocess.STDOUT,
