@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from modelplane_testkit.kube_emulator import Mutation  # noqa: E402
 from modelplane_testkit.operator_harness import (  # noqa: E402
+    OPERATOR_ARGS,
     Cluster,
     start_emulator,
     write_kubeconfig,
@@ -80,16 +81,7 @@ class Operator:
         self.metrics = free_port()
         self.log = (folder / "operator.log").open("ab")
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "kopf",
-                "run",
-                "-m",
-                "modelplane_operator.handlers",
-                "--all-namespaces",
-                "--standalone",
-            ],
+            [sys.executable, "-m", "kopf", *OPERATOR_ARGS],
             env={
                 **os.environ,
                 "KUBECONFIG": str(kubeconfig),

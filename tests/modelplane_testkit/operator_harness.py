@@ -26,6 +26,8 @@ PATHS = {
     "events": "/api/v1/namespaces/{ns}/events",
 }
 WAIT = 20.0
+# How the operator is started, as in its image: `kopf <OPERATOR_ARGS>`.
+OPERATOR_ARGS = ["run", "-m", "modelplane_operator.handlers", "--all-namespaces", "--standalone"]
 
 
 def wait_for(check: Callable[[], T | None], what: str, timeout: float = WAIT) -> T:
@@ -160,8 +162,7 @@ def running_operator(
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.setenv("MODELPLANE_OPERATOR_METRICS_PORT", "0")
     monkeypatch.setenv("MODELPLANE_OPERATOR_CONFLICT_RETRY_SECONDS", "2")
-    args = ["run", "-m", "modelplane_operator.handlers", "--all-namespaces", "--standalone"]
-    with KopfRunner(args, timeout=60) as runner:
+    with KopfRunner(OPERATOR_ARGS, timeout=60) as runner:
         yield runner
     assert runner.exception is None, runner.output
     assert runner.exit_code == 0, runner.output

@@ -18,6 +18,20 @@ STARTUP_TIMEOUT = 90.0
 STOP_TIMEOUT = 30.0
 
 
+def run_runtime_cli(
+    *args: str, cwd: Path | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``python -m modelplane_runtime ARGS`` to completion, output captured (bounded)."""
+    return subprocess.run(
+        [sys.executable, "-m", "modelplane_runtime", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        check=False,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from modelplane_testkit.operator_harness import (
+    OPERATOR_ARGS,
     Cluster,
     condition,
     running_operator,
@@ -43,11 +44,7 @@ def test_kopf_run_process_with_liveness_metrics_and_json_logs(tmp_path: Path) ->
                 sys.executable,
                 "-m",
                 "kopf",
-                "run",
-                "-m",
-                "modelplane_operator.handlers",
-                "--all-namespaces",
-                "--standalone",
+                *OPERATOR_ARGS,
                 f"--liveness=http://127.0.0.1:{liveness}/healthz",
             ],
             env=env,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+from modelplane_testkit.runtime_server import run_runtime_cli
 
 MODULES = '''
 import torch
@@ -30,14 +31,7 @@ def not_a_module():
 
 
 def _export(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "modelplane_runtime", "export", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=cwd,
-        check=False,
-    )
+    return run_runtime_cli("export", *args, cwd=cwd, timeout=300)
 
 
 def test_export_has_a_dynamic_batch_axis_and_matches_torch(tmp_path: Path) -> None:

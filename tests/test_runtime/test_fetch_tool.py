@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import http.server
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 
 from modelplane_runtime.errors import FetchError
 from modelplane_runtime.fetch import fetch
+from modelplane_testkit.runtime_server import run_runtime_cli
 
 PAYLOAD = b"onnx bytes " * 50_000
 
@@ -76,13 +76,7 @@ def test_file_uri_and_bad_uris(tmp_path: Path) -> None:
 
 def test_fetch_command_line(http_root: str, tmp_path: Path) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "modelplane_runtime", "fetch", *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        return run_runtime_cli("fetch", *args)
 
     good = run(f"{http_root}/model.onnx", str(tmp_path / "a.onnx"), "--sha256", GOOD)
     assert good.returncode == 0, good.stderr

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
-from modelplane_testkit.runtime_server import RuntimeServer
+from modelplane_testkit.runtime_server import RuntimeServer, run_runtime_cli
 
 
 def _manifest(tmp_path: Path, uri: str, **runtime: object) -> Path:
@@ -42,13 +41,7 @@ def test_serve_a_model_deployment_file(models: dict[str, Path], tmp_path: Path, 
 
 def test_serving_rejects_what_cannot_run_locally(tmp_path: Path) -> None:
     def serve(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "modelplane_runtime", "serve", *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        return run_runtime_cli("serve", *args)
 
     pvc = serve("-f", str(_manifest(tmp_path, "pvc://claim/model.onnx")))
     assert pvc.returncode == 2
