@@ -32,6 +32,9 @@ from pydantic_core import CoreSchema, PydanticCustomError
 
 from modelplane_operator.names import API_VERSION, KIND, MAX_NAME_LENGTH
 
+# The runtime's own list: the spec accepts exactly the providers the runtime reads.
+from modelplane_runtime.settings import GPU_PROVIDERS, ExecutionProvider
+
 # Kubernetes resource.Quantity, without a sign: negative amounts make no sense here.
 QUANTITY_PATTERN = (
     r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
@@ -252,10 +255,6 @@ class ModelSource(SpecModel):
 
 # --- spec.runtime -----------------------------------------------------------
 
-ExecutionProvider = Literal[
-    "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
-]
-
 
 class Threads(SpecModel):
     intra_op: int = Field(default=0, ge=0, le=1024, description="0 lets onnxruntime choose.")
@@ -384,8 +383,6 @@ class Rollout(SpecModel):
 
 
 # --- the whole spec ---------------------------------------------------------
-
-GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
 def _providers_match_gpu(spec: ModelDeploymentSpec) -> bool:
