@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 CODE := $(wildcard operator runtime tests bench)
 
-.PHONY: demo test lint typecheck unit crd golden bench-operator clean
+.PHONY: demo test lint typecheck unit crd manifests golden bench-operator clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "modelplane needs Python 3.11+")'
@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml
 	@echo "installing modelplane and its dependencies into $(VENV) (first run takes a few minutes)"
 	@$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[operator,runtime,export,test]' '$(TORCH)' \
 		2> >(grep -v -e 'is ignored: it is neither' -e 'BuildBackendWarning' >&2 || true)
+	@PYTHONPATH=tests $(BIN)/python -m modelplane_testkit.helm install
 	@touch $(STAMP)
 
 demo: $(STAMP)
@@ -39,6 +40,11 @@ unit: $(STAMP)
 # Regenerate the CRD from the pydantic spec, then the golden files.
 crd: $(STAMP)
 	$(BIN)/python -m modelplane_operator.crd > manifests/crds/modelplane.io_modeldeployments.yaml
+	$(MAKE) manifests
+
+# Copy the CRD into the chart and regenerate manifests/install/install.yaml from the chart.
+manifests: $(STAMP)
+	PYTHONPATH=tests $(BIN)/python -m modelplane_testkit.helm sync
 
 golden: $(STAMP)
 	UPDATE_GOLDEN=1 $(BIN)/python -m pytest -q tests/test_operator/test_render_golden.py

@@ -106,6 +106,18 @@ class KubeApi:
             raise ApiError(status, _message(data))
         return json.loads(data) if data else None
 
+    def serves(self, kind: str) -> bool:
+        """Whether the API server knows this kind yet (discovery: no RBAC rule needed)."""
+        wanted = KINDS[kind]
+        prefix = "/api/v1" if wanted.api_version == "v1" else f"/apis/{wanted.api_version}"
+        try:
+            listing = self._call("GET", prefix) or {}
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return any(r.get("name") == wanted.plural for r in listing.get("resources", []))
+
     def get(self, kind: str, namespace: str, name: str) -> Obj | None:
         try:
             return self._call("GET", KINDS[kind].path(namespace, name))

@@ -34,6 +34,16 @@ Obj = dict[str, Any]
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo) -> None:
     """The one place kopf is configured; typed config and the API client go into memo."""
     config = OperatorConfig()
+    api = KubeApi(load_client())
+    # kopf serves only the resources it finds at start (scanning is off, see below), so
+    # wait here for the CRD rather than start without it.
+    if not api.serves(names.KIND):
+        api.client.close()
+        raise kopf.TemporaryError(
+            f"the {names.CRD_NAME} CRD is not installed; apply "
+            "manifests/crds/modelplane.io_modeldeployments.yaml (checking again in 10s)",
+            delay=10,
+        )
     if config.log_format == "json":
         kopf.configure(log_format=kopf.LogFormat.JSON)
     settings.persistence.finalizer = f"{names.GROUP}/finalizer"
@@ -43,12 +53,15 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo) -> None:
     )
     settings.posting.level = logging.WARNING  # Events only for what a user must act on
     settings.peering.standalone = True  # one replica, Recreate strategy
+    # No watching of Namespaces and CRDs: it would need cluster-wide list/watch rights
+    # that a namespaced install must not have, and the operator's kinds are fixed.
+    settings.scanning.disabled = True
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 60
     memo.config = config
-    memo.api = KubeApi(load_client())
+    memo.api = api
     memo.locks = _Locks()
     memo.retries = _Retries()
     memo.written = {}  # (namespace, name) -> the status this operator last wrote

@@ -17,8 +17,9 @@ server would, well enough for the operator:
 - deleting an object deletes the objects it owns (background cascade), an
   object whose owners are all gone is deleted as it is written (as the garbage
   collector would, a moment later), and finalizers hold a deletion until removed;
-- faults can be injected per method and path, and every mutating request is
-  recorded, so tests can count writes.
+- faults can be injected per method and path, every mutating request is
+  recorded, so tests can count writes, and every request at all is logged for
+  the RBAC test.
 
 Not emulated: admission and schema validation, strategic-merge list merging
 (merge-patch semantics instead), label/field selectors on list and watch,
@@ -51,7 +52,23 @@ Obj = dict[str, Any]
 Path = tuple[str, ...]
 
 STATUSLESS = {"events"}
+NAMESPACES = kmock.resource("", "v1", "namespaces")
 _UNOWNED_META = {"resourceVersion", "uid", "generation", "creationTimestamp", "managedFields"}
+
+
+@dataclass(frozen=True)
+class Access:
+    """One request as the API server's authorizer would see it, before any handling."""
+
+    method: str
+    path: str
+    watch: bool
+    content_type: str
+    user_agent: str
+
+
+# Every request any emulator in this process served: the RBAC test reads it.
+ACCESS_LOG: list[Access] = []
 
 
 @dataclass
@@ -169,12 +186,27 @@ class ApiEmulator(kmock.KubernetesEmulator):
             subresources={"status"} if status else set(),
         )
 
+    async def _serve_version(self, request: rendering.Request) -> Any:
+        served = await super()._serve_version(request)
+        assert isinstance(served, dict)
+        # kmock names the core group "/v1"; kubectl maps no core kind until it is "v1".
+        return {**served, "groupVersion": str(served["groupVersion"]).lstrip("/")}
+
     # --- dispatch -----------------------------------------------------------------------
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        method = _verb(request)
+        ACCESS_LOG.append(
+            Access(
+                method,
+                request.url.path,
+                request.params.get("watch", "") in {"true", "1"},
+                request.headers.get("Content-Type", ""),
+                request.headers.get("User-Agent", ""),
+            )
+        )
         try:
             self._inject_fault(request)
-            method = _verb(request)
             if request.resource is not None and method in {"POST", "PUT", "PATCH", "DELETE"}:
                 self.mutations.append(
                     Mutation(method, request.url.path, request.params.get("fieldManager", ""))
@@ -205,11 +237,16 @@ class ApiEmulator(kmock.KubernetesEmulator):
         assert resource is not None
         manager = request.params.get("fieldManager") or "unknown"
         body: Any = request.data if isinstance(request.data, dict | list) else {}
+        namespace: str | None = request.namespace
+        name = request.name or ""
+        if resource.plural is None and namespace and not name:
+            # /api/v1/namespaces/<name> is the Namespace itself, not a namespace prefix.
+            resource, name = NAMESPACES, namespace
+            namespace = None
         async with self._lock:
             if method == "POST":
-                return await self._create(resource, request.namespace, body, manager)
-            name = request.name or ""
-            key = (resource, request.namespace, name)
+                return await self._create(resource, namespace, body, manager)
+            key = (resource, namespace, name)
             live = self._live(key)
             if method == "DELETE":
                 if live is None:
@@ -219,7 +256,7 @@ class ApiEmulator(kmock.KubernetesEmulator):
             if live is None:
                 if "apply-patch" in content_type and request.subresource is None:
                     body = {**body, "metadata": {**body.get("metadata", {}), "name": name}}
-                    return await self._create(resource, request.namespace, body, manager)
+                    return await self._create(resource, namespace, body, manager)
                 raise kmock.KubernetesObjectNotFoundError()
             if "json-patch" in content_type:  # RFC 6902: resolved to the whole new object
                 body = _json_patched(live, body)

@@ -26,8 +26,8 @@ PATHS = {
     "events": "/api/v1/namespaces/{ns}/events",
 }
 WAIT = 20.0
-# How the operator is started, as in its image: `kopf <OPERATOR_ARGS>`.
-OPERATOR_ARGS = ["run", "-m", "modelplane_operator.handlers", "--all-namespaces", "--standalone"]
+# How the operator is started, as the chart starts it (a test holds the two together).
+OPERATOR_ARGS = ["run", "-m", "modelplane_operator.handlers", "--standalone", "--all-namespaces"]
 
 
 def wait_for(check: Callable[[], T | None], what: str, timeout: float = WAIT) -> T:
@@ -156,22 +156,31 @@ def write_kubeconfig(path: Path, server: str) -> Path:
 
 @contextmanager
 def running_operator(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, emulator: EmulatorThread
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    emulator: EmulatorThread,
+    args: list[str] | None = None,
 ) -> Iterator[KopfRunner]:
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", emulator.url)
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.setenv("MODELPLANE_OPERATOR_METRICS_PORT", "0")
     monkeypatch.setenv("MODELPLANE_OPERATOR_CONFLICT_RETRY_SECONDS", "2")
-    with KopfRunner(OPERATOR_ARGS, timeout=60) as runner:
+    with KopfRunner(args or OPERATOR_ARGS, timeout=60) as runner:
         yield runner
     assert runner.exception is None, runner.output
     assert runner.exit_code == 0, runner.output
 
 
-def start_emulator() -> EmulatorThread:
+def serve_crd(emulator: EmulatorThread) -> None:
+    """Install the ModelDeployment CRD: the API server starts serving the kind."""
+    emulator.emulator.serve("modelplane.io/v1alpha1", "modeldeployments", "ModelDeployment")
+
+
+def start_emulator(*, with_crd: bool = True) -> EmulatorThread:
     emulator = EmulatorThread()
     api = emulator.emulator
-    api.serve("modelplane.io/v1alpha1", "modeldeployments", "ModelDeployment")
+    if with_crd:
+        serve_crd(emulator)
     api.serve("apps/v1", "deployments", "Deployment")
     api.serve("v1", "services", "Service")
     api.serve("autoscaling/v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler")
@@ -180,3 +189,23 @@ def start_emulator() -> EmulatorThread:
     api.serve("v1", "events", "Event", status=False)
     api.serve("v1", "namespaces", "Namespace", namespaced=False)
     return emulator
+
+
+def serve_install_kinds(emulator: EmulatorThread) -> None:
+    """The kinds install.yaml holds beyond the operator's own: CRDs, accounts, RBAC."""
+    api = emulator.emulator
+    api.serve(
+        "apiextensions.k8s.io/v1",
+        "customresourcedefinitions",
+        "CustomResourceDefinition",
+        namespaced=False,
+    )
+    api.serve("v1", "serviceaccounts", "ServiceAccount", status=False)
+    for kind, namespaced in (
+        ("ClusterRole", False),
+        ("ClusterRoleBinding", False),
+        ("Role", True),
+        ("RoleBinding", True),
+    ):
+        plural = kind.lower() + "s"
+        api.serve("rbac.authorization.k8s.io/v1", plural, kind, namespaced=namespaced, status=False)

@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from modelplane_testkit.kube_emulator import Fault
-from modelplane_testkit.operator_harness import Cluster, condition, wait_for
+from modelplane_testkit.kube_emulator import ACCESS_LOG, Fault
+from modelplane_testkit.operator_harness import (
+    Cluster,
+    condition,
+    running_operator,
+    serve_crd,
+    start_emulator,
+    wait_for,
+)
 from test_operator.samples import minimal
 
 NS = "models"
@@ -129,3 +137,22 @@ def test_a_child_it_does_not_own_is_never_overwritten(cluster: Cluster) -> None:
     )
     assert owned[0]["name"] == "demo"
     wait_for(lambda: cluster.get("deployments", NS, "demo"), "the Deployment")
+
+
+def test_operator_started_before_its_crd_waits_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = _discovery_requests()
+    with (
+        start_emulator(with_crd=False) as emulator,
+        running_operator(tmp_path, monkeypatch, emulator),
+    ):
+        wait_for(lambda: _discovery_requests() >= before + 2, "a second look for the CRD", 30)
+        serve_crd(emulator)
+        cluster = Cluster(emulator)
+        cluster.create("modeldeployments", _md())
+        wait_for(lambda: cluster.get("deployments", NS, "demo"), "the Deployment", timeout=30)
+
+
+def _discovery_requests() -> int:
+    return sum(a.path == "/apis/modelplane.io/v1alpha1" for a in ACCESS_LOG)

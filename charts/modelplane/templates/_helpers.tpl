@@ -1,0 +1,58 @@
+{{/* The release's full name: the release name, or "<release>-modelplane". */}}
+{{- define "modelplane.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "modelplane.selectorLabels" -}}
+app.kubernetes.io/name: modelplane-operator
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "modelplane.labels" -}}
+{{ include "modelplane.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: modelplane
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "modelplane.serviceAccountName" -}}
+{{- default (include "modelplane.fullname" .) .Values.serviceAccount.name -}}
+{{- end -}}
+
+{{/* The operator's permissions: exactly what it does, for a ClusterRole or each Role. */}}
+{{- define "modelplane.rules" -}}
+# Watch ModelDeployments; kopf patches its own annotations on them (never the spec).
+- apiGroups: [modelplane.io]
+  resources: [modeldeployments]
+  verbs: [list, watch, patch]
+- apiGroups: [modelplane.io]
+  resources: [modeldeployments/status]
+  verbs: [patch]
+# The children: server-side apply creates and updates them (create + patch).
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, list, watch, create, patch]
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get, list, watch, create, patch]
+# Turning autoscaling or the disruption budget off deletes them.
+- apiGroups: [autoscaling]
+  resources: [horizontalpodautoscalers]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [get, list, watch, create, patch, delete]
+# Pods are read only, for status (unschedulable, model fetch failing).
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, watch]
+# Warning events on ModelDeployments.
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- end -}}

@@ -1,0 +1,34 @@
+"""Operator settings: watched namespaces."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelplane_testkit.operator_harness import (
+    Cluster,
+    condition,
+    running_operator,
+    start_emulator,
+    wait_for,
+)
+from test_operator.samples import minimal
+
+
+def test_only_watched_namespaces_are_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELPLANE_OPERATOR_WATCH_NAMESPACES", "models, staging")
+    with start_emulator() as emulator, running_operator(tmp_path, monkeypatch, emulator):
+        cluster = Cluster(emulator)
+        for namespace in ("models", "elsewhere"):
+            md: dict[str, Any] = minimal()
+            md["metadata"] = {"name": "demo", "namespace": namespace}
+            cluster.create("modeldeployments", md)
+        wait_for(lambda: cluster.get("deployments", "models", "demo"), "the watched one")
+        time.sleep(1.5)
+        assert cluster.get("deployments", "elsewhere", "demo") is None
+        assert condition(cluster.get("modeldeployments", "elsewhere", "demo"), "Ready") == {}
