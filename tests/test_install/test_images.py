@@ -1,0 +1,192 @@
+"""The container images, checked without a docker daemon.
+
+The Dockerfiles are read for what the renderers and the chart assume (user,
+entrypoint, paths, ports); the build stage's steps are replayed here: a wheel is
+built from exactly the files the Dockerfiles copy, and the entrypoints run from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from modelplane_operator.config import RUNTIME_UID
+from modelplane_operator.render.children import CONTAINER_PORT, RUNTIME_COMMAND, SCRATCH_VOLUMES
+from modelplane_testkit import helm
+from modelplane_testkit.onnx_models import relu_and_double
+from modelplane_testkit.operator_harness import OPERATOR_ARGS
+
+REPO = Path(__file__).resolve().parents[2]
+RUNTIME_IMAGES = [REPO / "runtime" / "Dockerfile", REPO / "runtime" / "Dockerfile.gpu"]
+OPERATOR_IMAGE = REPO / "operator" / "Dockerfile"
+PIP_WHEEL = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
+BUILD_TOOLS = ("gcc", "g++", "build-essential", "make ", "git ", "curl", "wget")
+
+Instruction = tuple[str, str]
+
+
+def _stages(dockerfile: Path) -> list[list[Instruction]]:
+    """(INSTRUCTION, arguments) per build stage, continuation lines joined."""
+    text = dockerfile.read_text().replace("\\\n", " ")
+    stages: list[list[Instruction]] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        instruction, _, rest = line.partition(" ")
+        if instruction.upper() == "FROM":
+            stages.append([])
+        if stages:
+            stages[-1].append((instruction.upper(), rest.strip()))
+    return stages
+
+
+def _final(dockerfile: Path) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for instruction, rest in _stages(dockerfile)[-1]:
+        found.setdefault(instruction, []).append(rest)
+    return found
+
+
+def _env(final: dict[str, list[str]]) -> dict[str, str]:
+    pairs = " ".join(final["ENV"]).split()
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
+def _copied_sources(dockerfile: Path) -> list[str]:
+    build = _stages(dockerfile)[0]
+    return [rest.split()[0] for instruction, rest in build if instruction == "COPY"]
+
+
+@pytest.mark.parametrize("dockerfile", [*RUNTIME_IMAGES, OPERATOR_IMAGE], ids=lambda p: p.name)
+def test_multi_stage_non_root_numeric_user_no_build_tools(dockerfile: Path) -> None:
+    assert len(_stages(dockerfile)) >= 2
+    final = _final(dockerfile)
+    assert final["USER"] == [f"{RUNTIME_UID}:{RUNTIME_UID}"]
+    assert f"--uid {RUNTIME_UID}" in " ".join(final["RUN"])
+    installs = " ".join(final.get("RUN", []))
+    assert "pip install" not in installs
+    assert not [tool for tool in BUILD_TOOLS if tool in installs + " "]
+    assert "COPY" in final, "the final stage copies the built virtualenv"
+    assert all("--from=build" in c for c in final["COPY"])
+
+
+@pytest.mark.parametrize("dockerfile", RUNTIME_IMAGES, ids=lambda p: p.name)
+def test_runtime_image_matches_what_the_rendered_pods_assume(dockerfile: Path) -> None:
+    final = _final(dockerfile)
+    env = _env(final)
+    (entrypoint,) = final["ENTRYPOINT"]
+    assert tuple(json.loads(entrypoint)) == RUNTIME_COMMAND
+    # The pods' `command` is RUNTIME_COMMAND: `python` must be the venv's, via PATH.
+    assert env["PATH"].startswith("/opt/modelplane/bin:")
+    writable = {path for _, path in SCRATCH_VOLUMES}
+    assert f"{env['HOME']}/.cache" in writable
+    assert any(env["BENTOML_HOME"].startswith(path + "/") for path in writable)
+    assert env["ORT_DISABLE_TELEMETRY"] == "1"
+    assert final["EXPOSE"] == [str(CONTAINER_PORT)]
+
+
+def test_gpu_runtime_installs_onnxruntime_gpu_on_cuda() -> None:
+    gpu, cpu = _stages(RUNTIME_IMAGES[1]), _stages(RUNTIME_IMAGES[0])
+    assert "ARG CUDA_IMAGE=nvidia/cuda:" in RUNTIME_IMAGES[1].read_text()
+    assert [rest for _, rest in (stage[0] for stage in gpu)] == [
+        "${CUDA_IMAGE} AS build",
+        "${CUDA_IMAGE}",
+    ]
+    build_steps = " ".join(rest for _, rest in gpu[0])
+    assert ".[runtime-gpu," in build_steps
+    assert ".[runtime," in " ".join(rest for _, rest in cpu[0])
+    assert _final(RUNTIME_IMAGES[0])["ENTRYPOINT"] == _final(RUNTIME_IMAGES[1])["ENTRYPOINT"]
+
+
+def test_operator_image_runs_what_the_chart_runs() -> None:
+    final = _final(OPERATOR_IMAGE)
+    assert json.loads(final["ENTRYPOINT"][0]) == ["kopf"]
+    assert json.loads(final["CMD"][0]) == OPERATOR_ARGS
+    (deployment,) = [o for o in helm.template() if o["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsUser"] == RUNTIME_UID
+    assert "command" not in pod["containers"][0], "the chart relies on the image's entrypoint"
+
+
+@pytest.fixture(scope="module")
+def installed_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The distribution built from just what the Dockerfiles copy, unpacked as pip would."""
+    context = tmp_path_factory.mktemp("context")
+    for source in sorted(set(_copied_sources(RUNTIME_IMAGES[0]) + _copied_sources(OPERATOR_IMAGE))):
+        target = context / source
+        if (REPO / source).is_dir():
+            shutil.copytree(
+                REPO / source, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+            )
+        else:
+            shutil.copyfile(REPO / source, target)
+    wheels = tmp_path_factory.mktemp("wheels")
+    subprocess.run(
+        [*PIP_WHEEL, "-w", str(wheels), str(context)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = wheels.glob("modelplane-*.whl")
+    site = tmp_path_factory.mktemp("site")
+    with zipfile.ZipFile(wheel) as unpacked:
+        unpacked.extractall(site)
+    return site
+
+
+def _from_wheel(site: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args],
+        # PYTHONPATH comes before the editable install's finder: the wheel's code runs.
+        env={**os.environ, "PYTHONPATH": str(site)},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_wheel_carries_both_packages_and_the_cli(installed_wheel: Path, tmp_path: Path) -> None:
+    probe = _from_wheel(
+        installed_wheel,
+        "-c",
+        "import modelplane_operator.handlers, modelplane_runtime.service;"
+        "print(modelplane_operator.handlers.__file__);"
+        "print(modelplane_runtime.service.__file__)",
+        cwd=tmp_path,
+    )
+    assert probe.returncode == 0, probe.stderr
+    assert all(line.startswith(str(installed_wheel)) for line in probe.stdout.split())
+    (entry_points,) = installed_wheel.glob("modelplane-*.dist-info/entry_points.txt")
+    assert "modelplane = modelplane_operator.cli:main" in entry_points.read_text()
+
+
+def test_runtime_entrypoint_fetches_and_refuses_from_the_wheel(
+    installed_wheel: Path, tmp_path: Path
+) -> None:
+    model = relu_and_double(tmp_path / "source.onnx")
+    target = tmp_path / "models" / "model.onnx"
+    fetched = _from_wheel(
+        installed_wheel,
+        *RUNTIME_COMMAND[1:],
+        "fetch",
+        model.as_uri(),
+        str(target),
+        cwd=tmp_path,
+    )
+    assert fetched.returncode == 0, fetched.stderr
+    assert target.read_bytes() == model.read_bytes()
+    refused = _from_wheel(
+        installed_wheel, *RUNTIME_COMMAND[1:], "serve", "--port", "x", cwd=tmp_path
+    )
+    assert refused.returncode != 0
+    assert refused.stderr.strip().count("\n") == 0, refused.stderr
