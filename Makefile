@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 CODE := $(wildcard operator runtime tests bench)
 
-.PHONY: demo test lint typecheck unit crd manifests golden bench-operator clean
+.PHONY: demo test lint typecheck unit crd manifests golden bench bench-operator clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "modelplane needs Python 3.11+")'
@@ -52,6 +52,14 @@ golden: $(STAMP)
 # Operator cost at 10/100/500 ModelDeployments against the test emulator (~2 minutes).
 bench-operator: $(STAMP)
 	$(BIN)/python bench/operator_scale.py
+
+# Runtime serving: this runtime vs raw onnxruntime, bare Starlette, KServe, MLServer (~10 min;
+# peers go into bench/.peers on first use). Needs wrk (Debian) and two cores.
+bench: $(STAMP)
+	@command -v wrk >/dev/null || { echo "installing wrk from Debian"; apt-get install -y -q wrk >/dev/null; }
+	@$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[bench]' \
+		2> >(grep -v -e 'is ignored: it is neither' -e 'BuildBackendWarning' >&2 || true)
+	$(BIN)/python bench/runtime_serving.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -110,6 +110,13 @@ class _Locks:
         with self._guard:
             return self._locks.setdefault(key, threading.Lock())
 
+    def drop(self, key: tuple[str, str]) -> None:
+        with self._guard:
+            self._locks.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
 
 class _Retries:
     """Retries for reconciles started by child events, which kopf itself does not retry."""
@@ -134,7 +141,9 @@ class _Retries:
 
     def succeeded(self, key: tuple[str, str]) -> None:
         with self._guard:
-            self._timers.pop(key, None)
+            attempt = self._timers.pop(key, None)
+        if attempt is not None:
+            attempt[1].cancel()
 
     def cancel_all(self) -> None:
         with self._guard:
@@ -201,6 +210,14 @@ def reconcile_body(
             _view(memo, indexes, override),
             on_status_written=remember,
         )
+
+
+def forget(obj: Mapping[str, Any], memo: kopf.Memo) -> None:
+    """A ModelDeployment is gone: drop what the operator kept about it."""
+    key = (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
+    memo.written.pop(key, None)
+    memo.retries.succeeded(key)
+    memo.locks.drop(key)
 
 
 def reconcile_owner(event: kopf.RawEvent, memo: kopf.Memo, indexes: Mapping[str, Any]) -> None:

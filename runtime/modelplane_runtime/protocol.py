@@ -260,6 +260,8 @@ def tensor_to_wire(name: str, array: np.ndarray[Any, Any]) -> dict[str, Any]:
             else ("NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity"))
             for v in flat.tolist()
         ]
+    elif array.dtype.kind in "biuf":
+        data = np.ascontiguousarray(flat)  # orjson writes numeric arrays without Python objects
     else:
         data = flat.tolist()
     return {"name": name, "datatype": datatype, "shape": list(array.shape), "data": data}

@@ -18,7 +18,9 @@ from types import FrameType
 from typing import Any, cast
 
 import uvicorn
+from starlette.middleware import Middleware
 
+from modelplane_runtime.middleware import lean
 from modelplane_runtime.settings import RuntimeSettings
 
 log = logging.getLogger("modelplane.runtime")
@@ -64,10 +66,11 @@ def serve(settings: RuntimeSettings) -> None:
     os.environ.update(settings.to_env())
     configure_logging()
     _use_single_process_metrics()
-    from modelplane_runtime.service import ModelRuntime
+    from modelplane_runtime.service import InferFastPath, ModelRuntime
 
     service = cast(Any, ModelRuntime)  # @bentoml.service made the class a bentoml.Service
     app = service.to_asgi(is_main=True)
+    app.user_middleware[:] = lean(app.user_middleware, Middleware(InferFastPath))
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -78,6 +81,7 @@ def serve(settings: RuntimeSettings) -> None:
         log_config=None,
         access_log=False,
         server_header=False,
+        proxy_headers=False,  # a pod behind a Service: no proxy headers to trust
         timeout_graceful_shutdown=settings.request_timeout_seconds,
     )
     # uvicorn re-raises the signal into the handler that was there before it once it
