@@ -27,9 +27,12 @@ class Kind:
     kind: str
     plural: str
 
+    @property
+    def group_version_path(self) -> str:
+        return "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
+
     def path(self, namespace: str, name: str | None = None) -> str:
-        prefix = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
-        path = f"{prefix}/namespaces/{quote(namespace)}/{self.plural}"
+        path = f"{self.group_version_path}/namespaces/{quote(namespace)}/{self.plural}"
         return f"{path}/{quote(name)}" if name else path
 
 
@@ -109,9 +112,8 @@ class KubeApi:
     def serves(self, kind: str) -> bool:
         """Whether the API server knows this kind yet (discovery: no RBAC rule needed)."""
         wanted = KINDS[kind]
-        prefix = "/api/v1" if wanted.api_version == "v1" else f"/apis/{wanted.api_version}"
         try:
-            listing = self._call("GET", prefix) or {}
+            listing = self._call("GET", wanted.group_version_path) or {}
         except ApiError as exc:
             if exc.status == 404:
                 return False

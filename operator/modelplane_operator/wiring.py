@@ -114,9 +114,6 @@ class _Locks:
         with self._guard:
             self._locks.pop(key, None)
 
-    def __len__(self) -> int:
-        return len(self._locks)
-
 
 class _Retries:
     """Retries for reconciles started by child events, which kopf itself does not retry."""
