@@ -91,12 +91,6 @@ def reconcile_model_deployment(body: kopf.Body, memo: kopf.Memo, **indexes: Any)
         raise kopf.TemporaryError(str(later), delay=later.delay) from None
 
 
-@kopf.on.event(*MD)
-def model_deployment_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    if event["type"] == "DELETED":
-        wiring.forget(event["object"], memo)
-
-
 # --- children and pods: status follows them, and drift is repaired ---------------------------
 
 

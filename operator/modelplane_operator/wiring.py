@@ -209,9 +209,8 @@ def reconcile_body(
         )
 
 
-def forget(obj: Mapping[str, Any], memo: kopf.Memo) -> None:
+def forget(key: tuple[str, str], memo: kopf.Memo) -> None:
     """A ModelDeployment is gone: drop what the operator kept about it."""
-    key = (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
     memo.written.pop(key, None)
     memo.retries.succeeded(key)
     memo.locks.drop(key)
@@ -245,7 +244,7 @@ def _reconcile_from_event(
 ) -> None:
     body = _first(indexes["model_deployments"].get(key))
     if body is None or body["metadata"].get("deletionTimestamp"):
-        memo.retries.succeeded(key)
+        forget(key, memo)  # its children are being collected: the ModelDeployment is gone
         return
     try:
         reconcile_body(body, memo, indexes, override)
