@@ -25,7 +25,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from modelplane_testkit.runtime_server import free_port  # noqa: E402
+
 PEERS = BENCH / ".peers"
 RESULTS = BENCH / "results"
 SERVER_CORE, CLIENT_CORE = "0", "1"
@@ -137,13 +140,6 @@ def ensure_peer(name: str) -> Path:
     )
     stamp.write_text(wanted)
     return venv / "bin" / "python"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def server_command(
