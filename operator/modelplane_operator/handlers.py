@@ -24,11 +24,12 @@ CHILDREN = {
     "HorizontalPodAutoscaler": ("autoscaling", "v2", "horizontalpodautoscalers"),
     "PodDisruptionBudget": ("policy", "v1", "poddisruptionbudgets"),
 }
+RECONCILE = "reconcile"  # the handler id; kopf keys its retry state by it
 
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    wiring.configure(settings, memo)
+    wiring.configure(settings, memo, handler_ids=(RECONCILE, f"{RECONCILE}/spec"))
 
 
 @kopf.on.login()
@@ -77,9 +78,9 @@ def pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) 
 # --- the ModelDeployment itself -------------------------------------------------------------
 
 
-@kopf.on.create(*MD, when=wiring.watched)
-@kopf.on.update(*MD, field="spec", when=wiring.watched)
-@kopf.on.resume(*MD, when=wiring.watched)
+@kopf.on.create(*MD, id=RECONCILE, when=wiring.watched)
+@kopf.on.update(*MD, id=RECONCILE, field="spec", when=wiring.watched)
+@kopf.on.resume(*MD, id=RECONCILE, when=wiring.watched)
 def reconcile_model_deployment(body: kopf.Body, memo: kopf.Memo, **indexes: Any) -> None:
     try:
         wiring.reconcile_body(body, memo, indexes)

@@ -17,6 +17,7 @@ from prometheus_client import start_http_server
 
 from modelplane_operator import names
 from modelplane_operator.config import OperatorConfig
+from modelplane_operator.handled import ObservedGenerationDiffBase, RetryAnnotations
 from modelplane_operator.kube import KubeApi, load_client
 from modelplane_operator.reconcile import ClusterView, RetryLater, SpecRejected, reconcile
 
@@ -31,7 +32,7 @@ INDEX_OF_KIND = {
 Obj = dict[str, Any]
 
 
-def configure(settings: kopf.OperatorSettings, memo: kopf.Memo) -> None:
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, handler_ids: Iterable[str]) -> None:
     """The one place kopf is configured; typed config and the API client go into memo."""
     config = OperatorConfig()
     api = KubeApi(load_client())
@@ -47,10 +48,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo) -> None:
     if config.log_format == "json":
         kopf.configure(log_format=kopf.LogFormat.JSON)
     settings.persistence.finalizer = f"{names.GROUP}/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=names.GROUP, key="last-handled-configuration"
-    )
+    progress = RetryAnnotations(prefix=names.GROUP)
+    settings.persistence.progress_storage = progress
+    memo.handled = ObservedGenerationDiffBase(progress, handler_ids)
+    settings.persistence.diffbase_storage = memo.handled
     settings.posting.level = logging.WARNING  # Events only for what a user must act on
     settings.peering.standalone = True  # one replica, Recreate strategy
     # No watching of Namespaces and CRDs: it would need cluster-wide list/watch rights
@@ -212,6 +213,7 @@ def reconcile_body(
 def forget(key: tuple[str, str], memo: kopf.Memo) -> None:
     """A ModelDeployment is gone: drop what the operator kept about it."""
     memo.written.pop(key, None)
+    memo.handled.forget(key)
     memo.retries.succeeded(key)
     memo.locks.drop(key)
 

@@ -12,7 +12,7 @@ import pytest
 import requests
 from kopf.testing import KopfRunner
 
-from modelplane_testkit.kube_emulator import EmulatorThread
+from modelplane_testkit.kube_emulator import ACCESS_LOG, EmulatorThread
 
 T = TypeVar("T")
 MD_PATH = "/apis/modelplane.io/v1alpha1/namespaces/{ns}/modeldeployments"
@@ -40,6 +40,18 @@ def wait_for(check: Callable[[], T | None], what: str, timeout: float = WAIT) ->
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
+
+
+def wait_until_watching(plural: str, since: int) -> None:
+    """Wait for kopf's watch on ``plural`` (ACCESS_LOG entries from index ``since`` on).
+
+    kopf lists before it watches: an object created before the watch is resumed,
+    one created after it is created, and scenarios mean the second.
+    """
+    wait_for(
+        lambda: any(a.watch and a.path.endswith(f"/{plural}") for a in ACCESS_LOG[since:]),
+        f"the operator to watch {plural}",
+    )
 
 
 class Cluster:

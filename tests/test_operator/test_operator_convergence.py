@@ -137,6 +137,58 @@ def test_restart_with_nothing_changed_writes_nothing(
             assert cluster.mutations() == before, emulator.emulator.mutations[before:]
 
 
+def test_create_writes_one_apply_per_child_and_one_status(cluster: Cluster) -> None:
+    start = cluster.mutations()
+    cluster.create("modeldeployments", _md(autoscaling={"minReplicas": 2, "maxReplicas": 4}))
+    wait_for(lambda: _observed(cluster, "demo") == 1, "status for generation 1")
+    _settle(cluster)
+    writes = [(m.method, m.path) for m in cluster.emulator.emulator.mutations[start + 1 :]]
+    md = f"/apis/modelplane.io/v1alpha1/namespaces/{NS}/modeldeployments/demo"
+    assert sorted(writes) == sorted(
+        [
+            ("PATCH", f"/api/v1/namespaces/{NS}/services/demo"),
+            ("PATCH", f"/apis/apps/v1/namespaces/{NS}/deployments/demo"),
+            ("PATCH", f"/apis/autoscaling/v2/namespaces/{NS}/horizontalpodautoscalers/demo"),
+            ("PATCH", f"/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets/demo"),
+            ("PATCH", f"{md}/status"),
+        ]
+    )  # and no kopf bookkeeping patch on the ModelDeployment itself
+    created = cluster.get("modeldeployments", NS, "demo")
+    assert created is not None
+    assert not created["metadata"].get("annotations"), created["metadata"]
+
+
+def test_spec_changes_are_applied_across_restarts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def image() -> str:
+        deployment = cluster.get("deployments", NS, "demo") or {}
+        containers = deployment.get("spec", {}).get("template", {}).get("spec", {})
+        return str(containers.get("containers", [{}])[0].get("image", ""))
+
+    with start_emulator() as emulator:
+        cluster = Cluster(emulator)
+        with running_operator(tmp_path, monkeypatch, emulator):
+            cluster.create("modeldeployments", _md())
+            wait_for(lambda: _observed(cluster, "demo") == 1, "status for generation 1")
+            _settle(cluster)
+        # Changed while the operator was down: picked up when it starts.
+        cluster.patch("modeldeployments", NS, "demo", {"spec": {"runtime": {"image": "r:2"}}})
+        with running_operator(tmp_path, monkeypatch, emulator):
+            wait_for(lambda: image() == "r:2", "the change made while the operator was down")
+            wait_for(lambda: _observed(cluster, "demo") == 2, "status for generation 2")
+            # Changed after the restart, before anything else happened to the object.
+            cluster.patch("modeldeployments", NS, "demo", {"spec": {"runtime": {"image": "r:3"}}})
+            wait_for(lambda: image() == "r:3", "the change made after the restart")
+            wait_for(lambda: _observed(cluster, "demo") == 3, "status for generation 3")
+
+
+def _observed(cluster: Cluster, name: str) -> int | None:
+    md = cluster.get("modeldeployments", NS, name) or {}
+    generation: int | None = md.get("status", {}).get("observedGeneration")
+    return generation
+
+
 def _pod(name: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
