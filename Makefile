@@ -49,7 +49,7 @@ manifests: $(STAMP)
 golden: $(STAMP)
 	UPDATE_GOLDEN=1 $(BIN)/python -m pytest -q tests/test_operator/test_render_golden.py
 
-# Operator cost at 10/100/500 ModelDeployments against the test emulator (~2 minutes).
+# Operator cost at 10/100/500 ModelDeployments against the test emulator, 3 rounds (~4 minutes).
 bench-operator: $(STAMP)
 	$(BIN)/python bench/operator_scale.py
 
