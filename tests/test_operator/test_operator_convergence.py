@@ -163,8 +163,8 @@ def test_spec_changes_are_applied_across_restarts(
 ) -> None:
     def image() -> str:
         deployment = cluster.get("deployments", NS, "demo") or {}
-        containers = deployment.get("spec", {}).get("template", {}).get("spec", {})
-        return str(containers.get("containers", [{}])[0].get("image", ""))
+        pod = deployment.get("spec", {}).get("template", {}).get("spec", {})
+        return str(pod.get("containers", [{}])[0].get("image", ""))
 
     with start_emulator() as emulator:
         cluster = Cluster(emulator)

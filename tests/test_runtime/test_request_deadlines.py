@@ -24,6 +24,17 @@ def _body(rows: int) -> bytes:
     return json.dumps({"inputs": [tensor]}).encode()
 
 
+def _read_response(sock: socket.socket) -> str:
+    """One whole HTTP/1.1 response: the headers and the body may come in separate packets."""
+    received = b""
+    while not (b"\r\n\r\n" in received and received.endswith(b"0\r\n\r\n")):
+        chunk = sock.recv(65536)  # bounded by the socket's timeout
+        if not chunk:
+            break
+        received += chunk
+    return received.decode()
+
+
 def test_inference_over_the_timeout_is_504_and_the_server_stays_up(
     tmp_path: Path, logs: Path
 ) -> None:
@@ -62,7 +73,7 @@ def test_a_body_that_never_arrives_gets_504_from_the_request_deadline(
                 b"POST /v2/models/relu/infer HTTP/1.1\r\nHost: x\r\n"
                 b'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"inputs"'
             )
-            answer = stalled.recv(65536).decode()
+            answer = _read_response(stalled)
         waited = time.monotonic() - started
         assert answer.startswith("HTTP/1.1 504"), answer
         assert "no response within" in answer
