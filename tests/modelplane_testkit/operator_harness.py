@@ -147,6 +147,11 @@ class Cluster:
         )
 
 
+def observed_generation(md: dict[str, Any] | None) -> int | None:
+    generation: int | None = (md or {}).get("status", {}).get("observedGeneration")
+    return generation
+
+
 def condition(md: dict[str, Any] | None, kind: str) -> dict[str, Any]:
     for found in (md or {}).get("status", {}).get("conditions", []):
         if found["type"] == kind:

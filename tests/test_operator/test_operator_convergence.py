@@ -13,6 +13,7 @@ from modelplane_operator.metrics import RECONCILES
 from modelplane_testkit.operator_harness import (
     Cluster,
     condition,
+    observed_generation,
     running_operator,
     start_emulator,
     wait_for,
@@ -140,7 +141,10 @@ def test_restart_with_nothing_changed_writes_nothing(
 def test_create_writes_one_apply_per_child_and_one_status(cluster: Cluster) -> None:
     start = cluster.mutations()
     cluster.create("modeldeployments", _md(autoscaling={"minReplicas": 2, "maxReplicas": 4}))
-    wait_for(lambda: _observed(cluster, "demo") == 1, "status for generation 1")
+    wait_for(
+        lambda: observed_generation(cluster.get("modeldeployments", NS, "demo")) == 1,
+        "status for generation 1",
+    )
     _settle(cluster)
     writes = [(m.method, m.path) for m in cluster.emulator.emulator.mutations[start + 1 :]]
     md = f"/apis/modelplane.io/v1alpha1/namespaces/{NS}/modeldeployments/demo"
@@ -170,23 +174,26 @@ def test_spec_changes_are_applied_across_restarts(
         cluster = Cluster(emulator)
         with running_operator(tmp_path, monkeypatch, emulator):
             cluster.create("modeldeployments", _md())
-            wait_for(lambda: _observed(cluster, "demo") == 1, "status for generation 1")
+            wait_for(
+                lambda: observed_generation(cluster.get("modeldeployments", NS, "demo")) == 1,
+                "status for generation 1",
+            )
             _settle(cluster)
         # Changed while the operator was down: picked up when it starts.
         cluster.patch("modeldeployments", NS, "demo", {"spec": {"runtime": {"image": "r:2"}}})
         with running_operator(tmp_path, monkeypatch, emulator):
             wait_for(lambda: image() == "r:2", "the change made while the operator was down")
-            wait_for(lambda: _observed(cluster, "demo") == 2, "status for generation 2")
+            wait_for(
+                lambda: observed_generation(cluster.get("modeldeployments", NS, "demo")) == 2,
+                "status for generation 2",
+            )
             # Changed after the restart, before anything else happened to the object.
             cluster.patch("modeldeployments", NS, "demo", {"spec": {"runtime": {"image": "r:3"}}})
             wait_for(lambda: image() == "r:3", "the change made after the restart")
-            wait_for(lambda: _observed(cluster, "demo") == 3, "status for generation 3")
-
-
-def _observed(cluster: Cluster, name: str) -> int | None:
-    md = cluster.get("modeldeployments", NS, name) or {}
-    generation: int | None = md.get("status", {}).get("observedGeneration")
-    return generation
+            wait_for(
+                lambda: observed_generation(cluster.get("modeldeployments", NS, "demo")) == 3,
+                "status for generation 3",
+            )
 
 
 def _pod(name: str) -> dict[str, Any]:

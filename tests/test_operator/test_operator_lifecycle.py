@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from modelplane_testkit.operator_harness import Cluster, condition, wait_for
+from modelplane_testkit.operator_harness import Cluster, condition, observed_generation, wait_for
 from test_operator.samples import minimal
 
 NS = "models"
@@ -107,12 +107,7 @@ def test_spec_update_changes_children_but_never_the_selector(cluster: Cluster) -
     assert after["metadata"]["generation"] == before["metadata"]["generation"] + 1
     md = cluster.get("modeldeployments", NS, "demo")
     wait_for(
-        lambda: (
-            (cluster.get("modeldeployments", NS, "demo") or {})
-            .get("status", {})
-            .get("observedGeneration")
-            == 2
-        ),
+        lambda: observed_generation(cluster.get("modeldeployments", NS, "demo")) == 2,
         "observedGeneration 2",
     )
     assert md is not None
