@@ -4,6 +4,12 @@ A child is compared with what the operator owns in it (every field it renders),
 not with the raw live object, so server defaults never cause an update; a child
 changed or deleted by hand differs and is applied again. A child that exists
 without this ModelDeployment as its controller is never touched.
+
+Server-side apply removes a field its manager stops sending. So a field the
+operator owns (``metadata.managedFields``) but no longer renders also means an
+apply, and a field another controller must keep (a Deployment's ``replicas``
+once an HPA scales it) is first handed to a manager of its own, so that it
+survives the operator letting go of it.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from modelplane_operator.kube import KubeApi
+from modelplane_operator import names
+from modelplane_operator.kube import ApiError, KubeApi
 
 Obj = dict[str, Any]
 log = logging.getLogger("modelplane.operator")
@@ -42,6 +49,12 @@ class ChildResult:
 
 
 LiveLookup = Callable[[str, str, str], "Obj | None"]
+FieldPath = tuple[str, ...]
+
+# Fields that stay when the operator stops rendering them, because a controller takes
+# them over: the HPA scales a Deployment through /scale, but does not write while the
+# count is already within its bounds, so it may never take the field by itself.
+HANDED_OVER: dict[str, tuple[FieldPath, ...]] = {"Deployment": (("spec", "replicas"),)}
 
 
 def is_controlled_by(obj: Mapping[str, Any], owner_uid: str) -> bool:
@@ -81,9 +94,12 @@ def apply_children(
     results: list[ChildResult] = []
     for obj, found in current:
         name = obj["metadata"]["name"]
-        if found is not None and contains(found, obj):
+        dropped = released(found, obj) if found is not None else set()
+        if found is not None and not dropped and contains(found, obj):
             results.append(ChildResult(obj["kind"], name, Outcome.UNCHANGED, found))
             continue
+        if found is not None:
+            _hand_over(api, found, dropped & set(HANDED_OVER.get(obj["kind"], ())))
         applied = api.apply(obj)
         outcome = Outcome.CREATED if found is None else Outcome.UPDATED
         log.info("%s %s/%s %s", obj["kind"], obj["metadata"]["namespace"], name, outcome.value)
@@ -94,8 +110,85 @@ def apply_children(
             continue
         if api.delete(kind, namespace, name):
             log.info("%s %s/%s deleted", kind, namespace, name)
-            results.append(ChildResult(kind, name, Outcome.DELETED))
+            results.append(ChildResult(kind, name, Outcome.DELETED, found))
     return results
+
+
+def _hand_over(api: KubeApi, live: Obj, paths: set[FieldPath]) -> None:
+    """Give each field to the hand-over manager, at its live value, before letting go."""
+    if not paths:
+        return
+    partial: Obj = {
+        "apiVersion": live["apiVersion"],
+        "kind": live["kind"],
+        "metadata": {
+            "name": live["metadata"]["name"],
+            "namespace": live["metadata"]["namespace"],
+        },
+    }
+    for path in sorted(paths):
+        value: Any = live
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is None:
+            continue
+        node = partial
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    try:
+        # Not forced: it only ever shares a field with the operator, at the same value.
+        api.apply(partial, manager=names.HANDOVER_FIELD_MANAGER, force=False)
+    except ApiError as exc:
+        if exc.status != 409:  # 409: someone else already owns it, which is the point
+            raise
+    log.info(
+        "%s %s/%s: %s handed over",
+        live["kind"],
+        live["metadata"]["namespace"],
+        live["metadata"]["name"],
+        ", ".join(".".join(p) for p in sorted(paths)),
+    )
+
+
+def owned_fields(live: Mapping[str, Any], manager: str = names.FIELD_MANAGER) -> set[FieldPath]:
+    """The fields ``manager`` owns through its applies, down to maps' leaves (a list is a leaf)."""
+    found: set[FieldPath] = set()
+    for entry in live.get("metadata", {}).get("managedFields") or []:
+        if (
+            entry.get("manager") == manager
+            and entry.get("operation") == "Apply"
+            and not entry.get("subresource")
+        ):
+            found |= _field_paths(entry.get("fieldsV1") or {}, ())
+    return found
+
+
+def _field_paths(fields: Mapping[str, Any], prefix: FieldPath) -> set[FieldPath]:
+    paths: set[FieldPath] = set()
+    for key, sub in fields.items():
+        if not key.startswith("f:"):
+            continue
+        path = (*prefix, key[2:])
+        children = {k for k in sub if k.startswith("f:")} if isinstance(sub, dict) else set()
+        is_list = isinstance(sub, dict) and any(k[:2] in {"k:", "v:", "i:"} for k in sub)
+        paths |= _field_paths(sub, path) if children and not is_list else {path}
+    return paths
+
+
+def released(live: Mapping[str, Any], desired: Mapping[str, Any]) -> set[FieldPath]:
+    """Fields the operator owns in ``live`` that ``desired`` no longer sets."""
+    return {path for path in owned_fields(live) if not _sets(desired, path)}
+
+
+def _sets(obj: Any, path: FieldPath) -> bool:
+    for key in path:
+        if isinstance(obj, list):
+            return True  # list contents are compared by contains()
+        if not isinstance(obj, dict) or key not in obj:
+            return False
+        obj = obj[key]
+    return True
 
 
 def contains(live: Any, wanted: Any, *, quantities: bool = False) -> bool:

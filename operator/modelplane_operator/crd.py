@@ -27,6 +27,9 @@ NAME_RULE = {
     "message": f"metadata.name must be a DNS-1035 label of at most {names.MAX_NAME_LENGTH} "
     "characters (lowercase letters, digits and '-', starting with a letter): it names the "
     "Deployment, Service and pod labels",
+    # Without it the API server reports the field of a root-level rule as <nil>.
+    "fieldPath": ".metadata.name",
+    "reason": "FieldValueInvalid",
 }
 
 
@@ -124,8 +127,13 @@ def build_crd() -> dict[str, Any]:
                             "type": "object",
                             "required": ["spec"],
                             "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
+                                "apiVersion": {
+                                    "type": "string",
+                                    "description": f"{names.API_VERSION}",
+                                },
+                                "kind": {"type": "string", "description": names.KIND},
+                                # Nothing but the type: the API server refuses any
+                                # other schema (even a description) for metadata.
                                 "metadata": {"type": "object"},
                                 "spec": _schema_of(ModelDeploymentSpec),
                                 "status": _schema_of(ModelDeploymentStatus),

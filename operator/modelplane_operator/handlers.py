@@ -86,7 +86,7 @@ def reconcile_model_deployment(body: kopf.Body, memo: kopf.Memo, **indexes: Any)
         wiring.reconcile_body(body, memo, indexes)
     except SpecRejected as rejected:
         if rejected.newly:
-            kopf.warn(body, reason="InvalidSpec", message=str(rejected))
+            kopf.warn(body, reason=rejected.reason, message=str(rejected))
         raise kopf.PermanentError(str(rejected)) from None
     except RetryLater as later:
         raise kopf.TemporaryError(str(later), delay=later.delay) from None

@@ -128,15 +128,19 @@ class KubeApi:
                 return None
             raise
 
-    def apply(self, obj: Obj) -> Obj:
-        """Server-side apply under the operator's field manager; takes over conflicting fields."""
+    def apply(self, obj: Obj, *, manager: str | None = None, force: bool = True) -> Obj:
+        """Server-side apply, by default under the operator's field manager, forced
+        (it takes over fields other managers changed: drift is repaired)."""
         kind = KINDS[obj["kind"]]
         result = self._call(
             "PATCH",
             kind.path(obj["metadata"]["namespace"], obj["metadata"]["name"]),
             body=obj,
             content_type="application/apply-patch+yaml",
-            query=[("fieldManager", self.field_manager), ("force", "true")],
+            query=[
+                ("fieldManager", manager or self.field_manager),
+                ("force", "true" if force else "false"),
+            ],
         )
         return result or {}
 

@@ -13,6 +13,8 @@ CATEGORIES = ("modelplane",)
 CRD_NAME = f"{PLURAL}.{GROUP}"
 
 FIELD_MANAGER = "modelplane-operator"
+# Holds a field the operator stops applying until a controller takes it (HPA: replicas).
+HANDOVER_FIELD_MANAGER = "modelplane-operator-handover"
 RUNTIME_CONTAINER = "runtime"
 FETCH_CONTAINER = "fetch-model"
 HTTP_PORT_NAME = "http"

@@ -31,13 +31,15 @@ Obj = dict[str, Any]
 log = logging.getLogger("modelplane.operator")
 
 OPTIONAL_KINDS = ("HorizontalPodAutoscaler", "PodDisruptionBudget")
+FORBIDDEN_RETRY_SECONDS = 10.0
 
 
 class SpecRejected(Exception):
     """The spec cannot be served; the status says why. Wait for the next spec change."""
 
-    def __init__(self, message: str, *, newly: bool) -> None:
+    def __init__(self, reason: str, message: str, *, newly: bool) -> None:
         super().__init__(message)
+        self.reason = reason  # the status condition's reason, and the Warning event's
         self.newly = newly  # False when the status already said so: no new Warning event
 
 
@@ -162,7 +164,7 @@ def _reconcile(
     except InvalidSpecError as exc:
         message = "; ".join(exc.problems)
         newly = write_status(Problem("InvalidSpec", message))
-        raise SpecRejected(message, newly=newly) from None
+        raise SpecRejected("InvalidSpec", message, newly=newly) from None
 
     desired = [copy.deepcopy(child) for child in render_children(md, config)]
     for child in desired:
@@ -180,12 +182,18 @@ def _reconcile(
             api, meta["uid"], desired, unwanted, live=cluster.child, cached=cluster.cached
         )
     except ApiError as exc:
+        if exc.status in {401, 403}:
+            # The operator's own rights (RBAC, admission): fixed without a spec change, so
+            # keep trying; the status says what was refused meanwhile.
+            message = f"the API server refused the operator: {exc.message}"
+            write_status(Problem("Forbidden", message), url, model)
+            raise RetryLater(message, delay=FORBIDDEN_RETRY_SECONDS) from None
         if exc.retryable:
             raise RetryLater(f"applying children failed: {exc}", delay=_delay(exc)) from None
         # The API server refused what we rendered (e.g. affinity contents): the spec must change.
         message = f"the API server rejected a child: {exc.message}"
         newly = write_status(Problem("ChildRejected", message), url, model)
-        raise SpecRejected(message, newly=newly) from None
+        raise SpecRejected("ChildRejected", message, newly=newly) from None
 
     foreign = [r for r in children if r.outcome is Outcome.NOT_OWNED]
     if foreign:

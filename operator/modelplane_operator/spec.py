@@ -45,6 +45,15 @@ URI_SCHEMES = ("s3", "gs", "http", "https", "pvc", "file")
 NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 RESOURCE_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[a-zA-Z0-9]([-_.a-zA-Z0-9]*[a-zA-Z0-9])?$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
+# A DNS-1123 subdomain (Secret, ServiceAccount and PriorityClass names).
+SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# A label key: an optional DNS subdomain prefix and '/', then a name of at most 63 characters.
+LABEL_KEY_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+LABEL_VALUE_PATTERN = r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$"
+IMAGE_PATTERN = r"^[^\s]+$"
 
 
 @dataclass(frozen=True)
@@ -112,8 +121,11 @@ IntOrPercent = Annotated[
     AfterValidator(_percent_or_int),
     WithJsonSchema(
         {
-            "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string"}],
+            # Exactly this anyOf, nothing inside it: the API server's one structural
+            # exception for int-or-string. Bounds go beside it (each applies to its type).
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
             "x-kubernetes-int-or-string": True,
+            "minimum": 0,
             "pattern": PERCENT_OR_INT_PATTERN,
         }
     ),
@@ -144,12 +156,50 @@ _NAME = (
     NAME_PATTERN,
     "a DNS-1035 label: lowercase letters, digits and '-', starting with a letter",
 )
+_SUBDOMAIN = (
+    SUBDOMAIN_PATTERN,
+    "a DNS-1123 subdomain: lowercase letters, digits, '-' and '.', "
+    "starting and ending with a letter or digit",
+)
+_LABEL_KEY = (
+    LABEL_KEY_PATTERN,
+    "a label key: an optional DNS subdomain prefix and '/', then at most 63 letters, "
+    "digits, '-', '_' or '.', starting and ending with a letter or digit",
+)
+_LABEL_VALUE = (
+    LABEL_VALUE_PATTERN,
+    "empty or at most 63 letters, digits, '-', '_' or '.', "
+    "starting and ending with a letter or digit",
+)
+_IMAGE = (IMAGE_PATTERN, "an image reference without whitespace")
 
 Sha256 = Annotated[str, _pattern_check(*_SHA256), _pattern_rule(*_SHA256)]
 ExtendedResourceName = Annotated[
     str, _pattern_check(*_RESOURCE_NAME), _pattern_rule(*_RESOURCE_NAME)
 ]
 DnsLabel = Annotated[str, _pattern_check(*_NAME), _pattern_rule(*_NAME)]
+DnsSubdomain = Annotated[str, _pattern_check(*_SUBDOMAIN), _pattern_rule(*_SUBDOMAIN)]
+LabelKey = Annotated[str, _pattern_check(*_LABEL_KEY), _pattern_rule(*_LABEL_KEY)]
+LabelValue = Annotated[
+    str, Field(max_length=63), _pattern_check(*_LABEL_VALUE), _pattern_rule(*_LABEL_VALUE)
+]
+Image = Annotated[str, _pattern_check(*_IMAGE), _pattern_rule(*_IMAGE)]
+
+
+def _label_keys(value: dict[str, str]) -> dict[str, str]:
+    for key in value:
+        if len(key) > 317 or not re.fullmatch(LABEL_KEY_PATTERN, key):
+            raise PydanticCustomError(
+                "label_key", "key '{key}' must be " + _LABEL_KEY[1], {"key": key}
+            )
+    return value
+
+
+NODE_SELECTOR_RULE = {
+    # Map keys have no schema of their own: CEL checks them (maxProperties bounds the cost).
+    "rule": f"self.all(k, size(k) <= 317 && k.matches('{LABEL_KEY_PATTERN}'))",
+    "message": "every key must be " + _LABEL_KEY[1],
+}
 
 
 class SpecModel(BaseModel):
@@ -192,19 +242,24 @@ def _is_zero(value: int | str) -> bool:
 
 
 class SecretRef(SpecModel):
-    name: Annotated[str, Field(min_length=1, max_length=253)]
+    """A Secret in the ModelDeployment's namespace."""
+
+    name: DnsSubdomain = Field(min_length=1, max_length=253, description="The Secret's name.")
 
 
 class Credentials(SpecModel):
     """Where the model-fetch init container gets cloud credentials."""
 
     secret_ref: SecretRef | None = Field(
-        default=None, description="Secret whose keys become the fetch container's environment."
+        default=None,
+        description="Secret whose keys become the fetch container's environment "
+        "(e.g. AWS_ACCESS_KEY_ID); never given to the serving container.",
     )
-    service_account_name: str | None = Field(
+    service_account_name: DnsSubdomain | None = Field(
         default=None,
         max_length=253,
-        description="Service account for workload identity (IRSA, GKE Workload Identity).",
+        description="Service account the pods run as, for workload identity "
+        "(IRSA, GKE Workload Identity). It must exist in the namespace.",
     )
 
     rules = (
@@ -217,15 +272,22 @@ class Credentials(SpecModel):
 
 
 class ModelSource(SpecModel):
+    """The ONNX model to serve and how to get it."""
+
     uri: str = Field(
         max_length=2048,
         description="s3://bucket/key, gs://bucket/key, http(s)://..., pvc://claim/path "
         "or file:///absolute/path/in/image",
     )
     sha256: Sha256 | None = Field(
-        default=None, max_length=64, description="A mismatch fails the fetch."
+        default=None,
+        max_length=64,
+        description="Expected sha256 of the model file; a mismatch fails the fetch and "
+        "nothing is served.",
     )
-    credentials: Credentials | None = None
+    credentials: Credentials | None = Field(
+        default=None, description="How the fetch authenticates; omit for public models."
+    )
 
     rules = (
         CrossFieldRule(
@@ -257,22 +319,56 @@ class ModelSource(SpecModel):
 
 
 class Threads(SpecModel):
-    intra_op: int = Field(default=0, ge=0, le=1024, description="0 lets onnxruntime choose.")
-    inter_op: int = Field(default=0, ge=0, le=1024, description="0 lets onnxruntime choose.")
+    """onnxruntime's thread pools."""
+
+    intra_op: int = Field(
+        default=0,
+        ge=0,
+        le=1024,
+        description="Threads inside one operator; 0 lets onnxruntime choose.",
+    )
+    inter_op: int = Field(
+        default=0,
+        ge=0,
+        le=1024,
+        description="Threads across independent operators; 0 lets onnxruntime choose.",
+    )
 
 
 class Batching(SpecModel):
-    max_batch_size: int = Field(default=32, ge=1, le=4096, description="1 turns batching off.")
-    max_latency_ms: int = Field(default=5, ge=0, le=60000)
+    """Adaptive batching: concurrent requests are merged along the batch axis."""
+
+    max_batch_size: int = Field(
+        default=32,
+        ge=1,
+        le=4096,
+        description="Most rows in one onnxruntime run; 1 turns batching off.",
+    )
+    max_latency_ms: int = Field(
+        default=5,
+        ge=0,
+        le=60000,
+        description="Longest a batch waits for requests already arriving, in milliseconds; "
+        "a lone request never waits.",
+    )
 
 
 class Warmup(SpecModel):
-    iterations: int = Field(default=3, ge=0, le=1000)
+    """Runs on generated inputs before the pod reports ready."""
+
+    iterations: int = Field(
+        default=3, ge=0, le=1000, description="Warm-up runs at batch sizes 1 and maxBatchSize."
+    )
 
 
 class RuntimeSpec(SpecModel):
-    image: str | None = Field(
-        default=None, min_length=1, max_length=512, description="Defaults to the operator's."
+    """How the runtime serves the model."""
+
+    image: Image | None = Field(
+        default=None,
+        min_length=1,
+        max_length=512,
+        description="Runtime image; defaults to the operator's (the GPU image with a GPU).",
     )
     execution_providers: list[ExecutionProvider] | None = Field(
         default=None,
@@ -282,48 +378,92 @@ class RuntimeSpec(SpecModel):
         description="In order of preference; defaults to CUDA then CPU with a GPU, else CPU.",
     )
     allow_cpu_fallback: bool = Field(
-        default=False, description="Serve on CPU when the GPU provider cannot load."
+        default=False,
+        description="Serve on CPU when the GPU provider cannot load; otherwise such a pod "
+        "never becomes ready.",
     )
-    graph_optimization_level: Literal["disabled", "basic", "extended", "all"] = "all"
-    threads: Threads = Field(default_factory=Threads)
-    batching: Batching = Field(default_factory=Batching)
-    warmup: Warmup = Field(default_factory=Warmup)
-    request_timeout_seconds: int = Field(default=60, ge=1, le=3600)
-    max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, le=2**31 - 1)
+    graph_optimization_level: Literal["disabled", "basic", "extended", "all"] = Field(
+        default="all", description="onnxruntime's graph optimisation level."
+    )
+    threads: Threads = Field(default_factory=Threads, description="onnxruntime's thread pools.")
+    batching: Batching = Field(
+        default_factory=Batching, description="Adaptive batching of concurrent requests."
+    )
+    warmup: Warmup = Field(default_factory=Warmup, description="Warm-up before readiness.")
+    request_timeout_seconds: int = Field(
+        default=60,
+        ge=1,
+        le=3600,
+        description="Longest one inference request may take before a 504; also bounds "
+        "the drain at shutdown.",
+    )
+    max_request_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        le=2**31 - 1,
+        description="Largest request body accepted; a larger one is answered 413.",
+    )
 
 
 # --- spec.resources ---------------------------------------------------------
 
 
 class ResourceAmounts(SpecModel):
-    cpu: Quantity | None = None
-    memory: Quantity | None = None
-    ephemeral_storage: Quantity | None = Field(default=None, alias="ephemeral-storage")
+    """Kubernetes quantities for the runtime container."""
+
+    cpu: Quantity | None = Field(default=None, description="CPU, e.g. 500m or 2.")
+    memory: Quantity | None = Field(default=None, description="Memory, e.g. 512Mi or 4Gi.")
+    ephemeral_storage: Quantity | None = Field(
+        default=None,
+        alias="ephemeral-storage",
+        description="Local scratch disk, e.g. 10Gi (a fetched model counts against it).",
+    )
 
 
 class Gpu(SpecModel):
-    count: int = Field(default=0, ge=0, le=64)
-    resource_name: ExtendedResourceName = Field(default="nvidia.com/gpu", max_length=253)
+    """GPUs per replica; with none, no GPU appears anywhere in the pod."""
+
+    count: int = Field(default=0, ge=0, le=64, description="GPUs per replica (whole devices).")
+    resource_name: ExtendedResourceName = Field(
+        default="nvidia.com/gpu",
+        max_length=253,
+        description="The device plugin's extended resource; the pods also tolerate a taint "
+        "with this key.",
+    )
 
 
 class Resources(SpecModel):
-    requests: ResourceAmounts | None = None
-    limits: ResourceAmounts | None = None
-    gpu: Gpu = Field(default_factory=Gpu)
+    """What each replica requests; the memory limit defaults to the request."""
+
+    requests: ResourceAmounts | None = Field(
+        default=None, description="Requests; cpu and memory default to the operator's."
+    )
+    limits: ResourceAmounts | None = Field(
+        default=None, description="Limits; memory defaults to the memory request."
+    )
+    gpu: Gpu = Field(default_factory=Gpu, description="GPUs per replica.")
 
 
 # --- spec.autoscaling, scheduling, rollout ----------------------------------
 
 
 class Autoscaling(SpecModel):
-    min_replicas: int = Field(default=1, ge=1, le=1000)
-    max_replicas: int = Field(ge=1, le=1000)
+    """A HorizontalPodAutoscaler that owns the replica count."""
+
+    min_replicas: int = Field(default=1, ge=1, le=1000, description="Fewest replicas.")
+    max_replicas: int = Field(ge=1, le=1000, description="Most replicas.")
     metric: Literal["cpu", "memory", "pendingRequests"] = Field(
         default="cpu",
         description="cpu/memory: average utilisation in percent of requests; "
         "pendingRequests: average in-flight requests per pod (needs a custom-metrics adapter).",
     )
-    target: int = Field(default=70, ge=1, le=10000)
+    target: int = Field(
+        default=70,
+        ge=1,
+        le=10000,
+        description="The metric's target: percent of requests for cpu/memory, requests per "
+        "pod for pendingRequests.",
+    )
 
     rules = (
         CrossFieldRule(
@@ -336,11 +476,45 @@ class Autoscaling(SpecModel):
 
 
 class Toleration(SpecModel):
-    key: str | None = Field(default=None, max_length=316)
-    operator: Literal["Exists", "Equal"] | None = None
-    value: str | None = Field(default=None, max_length=63)
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = None
+    """corev1.Toleration, with the API server's own checks at admission."""
+
+    key: LabelKey | None = Field(
+        default=None, max_length=317, description="Taint key; empty with Exists matches all."
+    )
+    operator: Literal["Exists", "Equal"] | None = Field(
+        default=None, description="Equal (the default) or Exists."
+    )
+    value: LabelValue | None = Field(
+        default=None, max_length=63, description="Taint value, for Equal."
+    )
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to match; empty matches all."
+    )
+    toleration_seconds: int | None = Field(
+        default=None, description="How long a NoExecute taint is tolerated."
+    )
+
+    rules = (
+        CrossFieldRule(
+            cel="has(self.key) || (has(self.operator) && self.operator == 'Exists')",
+            message="a toleration without a key must have operator Exists",
+            check=lambda t: t.key is not None or t.operator == "Exists",
+            field_path=".operator",
+        ),
+        CrossFieldRule(
+            cel="!(has(self.operator) && self.operator == 'Exists' && has(self.value) "
+            "&& self.value != '')",
+            message="value must be empty when operator is Exists",
+            check=lambda t: not (t.operator == "Exists" and t.value),
+            field_path=".value",
+        ),
+        CrossFieldRule(
+            cel="!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+            message="tolerationSeconds needs effect NoExecute",
+            check=lambda t: t.toleration_seconds is None or t.effect == "NoExecute",
+            field_path=".tolerationSeconds",
+        ),
+    )
 
 
 AffinityTerm = Annotated[
@@ -352,24 +526,49 @@ AffinityTerm = Annotated[
 class Affinity(SpecModel):
     """corev1.Affinity; its contents are checked by the API server on apply."""
 
-    node_affinity: AffinityTerm | None = None
-    pod_affinity: AffinityTerm | None = None
-    pod_anti_affinity: AffinityTerm | None = None
+    node_affinity: AffinityTerm | None = Field(default=None, description="corev1.NodeAffinity.")
+    pod_affinity: AffinityTerm | None = Field(default=None, description="corev1.PodAffinity.")
+    pod_anti_affinity: AffinityTerm | None = Field(
+        default=None, description="corev1.PodAntiAffinity."
+    )
 
 
 class Scheduling(SpecModel):
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[Toleration] = Field(
-        default_factory=list, max_length=64, json_schema_extra={"x-kubernetes-list-type": "atomic"}
+    """Where the pods may run."""
+
+    node_selector: Annotated[dict[str, LabelValue], AfterValidator(_label_keys)] = Field(
+        default_factory=dict,
+        max_length=64,
+        json_schema_extra={"x-kubernetes-validations": [NODE_SELECTOR_RULE]},
+        description="Node labels the pods require.",
     )
-    affinity: Affinity | None = None
-    priority_class_name: str | None = Field(default=None, max_length=253)
+    tolerations: list[Toleration] = Field(
+        default_factory=list,
+        max_length=64,
+        json_schema_extra={"x-kubernetes-list-type": "atomic"},
+        description="Taints the pods tolerate (a GPU's taint is added for you).",
+    )
+    affinity: Affinity | None = Field(default=None, description="Node and pod (anti-)affinity.")
+    priority_class_name: DnsSubdomain | None = Field(
+        default=None, max_length=253, description="A PriorityClass that must exist."
+    )
 
 
 class Rollout(SpecModel):
-    max_surge: IntOrPercent = "25%"
-    max_unavailable: IntOrPercent = 0
-    progress_deadline_seconds: int = Field(default=600, ge=30, le=86400)
+    """How a change rolls out (the Deployment's RollingUpdate strategy)."""
+
+    max_surge: IntOrPercent = Field(
+        default="25%", description="Extra pods during a rollout: a count or a percentage."
+    )
+    max_unavailable: IntOrPercent = Field(
+        default=0, description="Pods that may be unavailable during a rollout."
+    )
+    progress_deadline_seconds: int = Field(
+        default=600,
+        ge=30,
+        le=86400,
+        description="After this long without progress the ModelDeployment is Stalled.",
+    )
 
     rules = (
         CrossFieldRule(
@@ -393,16 +592,43 @@ def _providers_match_gpu(spec: ModelDeploymentSpec) -> bool:
     return wants_gpu == (spec.resources.gpu.count > 0)
 
 
+# A transition rule (it reads oldSelf), so only the API server applies it, on updates:
+# `kubectl scale` writes spec.replicas through /scale, and while an HPA owns the count a
+# stored value would only take effect, unexpectedly, when autoscaling is removed.
+REPLICAS_WHILE_AUTOSCALING_RULE = {
+    "rule": "!has(self.autoscaling) || !has(oldSelf.autoscaling) "
+    "|| self.replicas == oldSelf.replicas",
+    "message": "replicas cannot change while autoscaling is set: the HorizontalPodAutoscaler "
+    "owns the replica count; change autoscaling.minReplicas/maxReplicas, or remove "
+    "autoscaling first",
+    "fieldPath": ".replicas",
+}
+
+
 class ModelDeploymentSpec(SpecModel):
-    model: ModelSource
-    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
-    resources: Resources = Field(default_factory=Resources)
-    replicas: int = Field(
-        default=1, ge=0, le=1000, description="Ignored while autoscaling is set: the HPA owns it."
+    """The desired state of a served model."""
+
+    model: ModelSource = Field(description="The ONNX model to serve.")
+    runtime: RuntimeSpec = Field(
+        default_factory=RuntimeSpec, description="How the runtime serves it."
     )
-    autoscaling: Autoscaling | None = None
-    scheduling: Scheduling = Field(default_factory=Scheduling)
-    rollout: Rollout = Field(default_factory=Rollout)
+    resources: Resources = Field(
+        default_factory=Resources, description="CPU, memory and GPUs per replica."
+    )
+    replicas: int = Field(
+        default=1,
+        ge=0,
+        le=1000,
+        description="Replicas without autoscaling; while autoscaling is set the HPA owns the "
+        "count and this field cannot change.",
+    )
+    autoscaling: Autoscaling | None = Field(
+        default=None, description="Scale with load; replaces replicas."
+    )
+    scheduling: Scheduling = Field(
+        default_factory=Scheduling, description="Where the pods may run."
+    )
+    rollout: Rollout = Field(default_factory=Rollout, description="How changes roll out.")
 
     rules = (
         CrossFieldRule(
@@ -416,6 +642,15 @@ class ModelDeploymentSpec(SpecModel):
             field_path=".runtime.executionProviders",
         ),
     )
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = super().__get_pydantic_json_schema__(core_schema, handler)
+        target = handler.resolve_ref_schema(schema)
+        target["x-kubernetes-validations"].append(REPLICAS_WHILE_AUTOSCALING_RULE)
+        return schema
 
     def execution_providers(self) -> tuple[str, ...]:
         """Explicit providers, else CUDA then CPU with a GPU, else CPU."""
@@ -436,29 +671,46 @@ class StatusModel(BaseModel):
 class Condition(StatusModel):
     """metav1.Condition."""
 
-    type: str = Field(max_length=316)
-    status: Literal["True", "False", "Unknown"]
-    observed_generation: int | None = Field(default=None, ge=0)
-    last_transition_time: str = Field(json_schema_extra={"format": "date-time"})
-    reason: str = Field(max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
-    message: str = Field(default="", max_length=32768)
+    type: str = Field(max_length=316, description="Ready, Reconciling or Stalled.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="The spec generation this condition was computed for."
+    )
+    last_transition_time: str = Field(
+        json_schema_extra={"format": "date-time"}, description="When the status last changed."
+    )
+    reason: str = Field(
+        max_length=1024,
+        pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+        description="Why, in one CamelCase word (e.g. Available, InvalidSpec, FailedCreate).",
+    )
+    message: str = Field(default="", max_length=32768, description="Why, for a person.")
 
 
 class ModelStatus(StatusModel):
-    uri: str | None = None
-    sha256: str | None = None
+    """The model being served."""
+
+    uri: str | None = Field(default=None, description="spec.model.uri as last applied.")
+    sha256: str | None = Field(default=None, description="spec.model.sha256 as last applied.")
 
 
 class ModelDeploymentStatus(StatusModel):
-    observed_generation: int | None = None
-    url: str | None = None
-    replicas: int | None = None
-    ready_replicas: int | None = None
-    selector: str | None = None
-    model: ModelStatus | None = None
+    """What the operator observed; Ready is True only when every replica is available."""
+
+    observed_generation: int | None = Field(
+        default=None, description="The spec generation the operator last acted on."
+    )
+    url: str | None = Field(default=None, description="In-cluster base URL of the OIP API.")
+    replicas: int | None = Field(default=None, description="Pods of the Deployment.")
+    ready_replicas: int | None = Field(default=None, description="Pods ready to serve.")
+    selector: str | None = Field(
+        default=None, description="The pods' label selector (for the scale subresource)."
+    )
+    model: ModelStatus | None = Field(default=None, description="The model being served.")
     conditions: list[Condition] = Field(
         default_factory=list,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+        description="Ready, Reconciling and Stalled (kstatus).",
     )
 
 

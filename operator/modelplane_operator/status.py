@@ -45,11 +45,15 @@ def _condition(conditions: Sequence[Obj], kind: str) -> Obj:
 
 
 def _fetch_failure(pods: Sequence[Obj]) -> str | None:
+    """The last fetch error of a pod whose fetch has not (yet) succeeded."""
     for pod in pods:
         for status in pod.get("status", {}).get("initContainerStatuses", []):
             if status.get("name") != names.FETCH_CONTAINER:
                 continue
-            for state in (status.get("state", {}), status.get("lastState", {})):
+            current = status.get("state", {})
+            if (current.get("terminated") or {}).get("exitCode") == 0:
+                continue  # it failed before, then succeeded: the past no longer matters
+            for state in (current, status.get("lastState", {})):
                 terminated = state.get("terminated") or {}
                 if terminated.get("exitCode", 0) != 0:
                     detail = (terminated.get("message") or terminated.get("reason") or "").strip()
@@ -70,11 +74,29 @@ def _unschedulable(pods: Sequence[Obj]) -> str | None:
 def judge_deployment(  # noqa: PLR0911 - one early answer per reason reads best
     deployment: Obj | None, pods: Sequence[Obj]
 ) -> Verdict:
-    """Ready or not, and why, from the Deployment and its pods."""
+    """Ready or not, and why, from the Deployment and its pods.
+
+    Availability at the current generation wins over everything pods once said.
+    """
     if deployment is None:
         return Verdict(False, "Progressing", "waiting for the Deployment to be created")
     status = deployment.get("status", {})
     conditions = status.get("conditions", [])
+    wanted = deployment.get("spec", {}).get("replicas", 1)
+    generation = deployment.get("metadata", {}).get("generation", 0)
+    seen = status.get("observedGeneration", 0) >= generation
+    updated = status.get("updatedReplicas", 0)
+    available = status.get("availableReplicas", 0)
+    total = status.get("replicas", 0)
+    if (
+        seen
+        and wanted > 0
+        and updated >= wanted
+        and total <= updated
+        and available >= wanted
+        and _condition(conditions, "Available").get("status") == "True"
+    ):
+        return Verdict(True, "Available", f"{available} of {wanted} replicas available")
     progressing = _condition(conditions, "Progressing")
     if progressing.get("status") == "False" and progressing.get("reason") == (
         "ProgressDeadlineExceeded"
@@ -85,24 +107,27 @@ def judge_deployment(  # noqa: PLR0911 - one early answer per reason reads best
             str(progressing.get("message", "the rollout is stuck")),
             stalled=True,
         )
+    # The API server refused the pods (a missing ServiceAccount or PriorityClass, a quota,
+    # Pod Security admission): nothing converges until someone acts, so say so at once.
+    refused = _condition(conditions, "ReplicaFailure")
+    if refused.get("status") == "True":
+        return Verdict(
+            False,
+            str(refused.get("reason") or "ReplicaFailure"),
+            str(refused.get("message", "the pods could not be created")),
+            stalled=True,
+        )
     if (failure := _fetch_failure(pods)) is not None:
         return Verdict(False, "ModelFetchFailed", f"the model fetch failed: {failure}")
     if (why := _unschedulable(pods)) is not None:
         return Verdict(False, "Unschedulable", why)
-    wanted = deployment.get("spec", {}).get("replicas", 1)
-    generation = deployment.get("metadata", {}).get("generation", 0)
-    if status.get("observedGeneration", 0) < generation:
+    if not seen:
         return Verdict(False, "Progressing", "the Deployment controller has not seen this change")
     if wanted == 0:
         return Verdict(False, "ScaledToZero", "no replicas are requested")
-    updated = status.get("updatedReplicas", 0)
-    available = status.get("availableReplicas", 0)
-    total = status.get("replicas", 0)
     if updated < wanted or total > updated:
         return Verdict(False, "Progressing", f"{updated} of {wanted} replicas updated")
-    if available < wanted or _condition(conditions, "Available").get("status") != "True":
-        return Verdict(False, "Progressing", f"{available} of {wanted} replicas available")
-    return Verdict(True, "Available", f"{available} of {wanted} replicas available")
+    return Verdict(False, "Progressing", f"{available} of {wanted} replicas available")
 
 
 def compute_status(

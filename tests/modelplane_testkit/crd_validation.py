@@ -56,13 +56,19 @@ def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
 _CEL = celpy.Environment()
 
 
-def _cel_errors(schema: dict[str, Any], value: Any, path: str) -> list[str]:
+def _cel_errors(schema: dict[str, Any], value: Any, path: str, old: Any = None) -> list[str]:
+    """CEL rules as the API server runs them; transition rules (oldSelf) only on updates."""
     errors: list[str] = []
     for rule in schema.get("x-kubernetes-validations", []):
         where = (path + rule.get("fieldPath", "")).lstrip(".") or "(root)"
+        activation = {"self": celpy.json_to_cel(value)}
+        if "oldSelf" in rule["rule"]:
+            if old is None:
+                continue
+            activation["oldSelf"] = celpy.json_to_cel(old)
         try:
             program = _CEL.program(_CEL.compile(rule["rule"]))
-            ok = program.evaluate({"self": celpy.json_to_cel(value)})
+            ok = program.evaluate(activation)
         except Exception as exc:  # noqa: BLE001 - any CEL failure rejects, as in the API server
             errors.append(f"{where}: rule {rule['rule']!r} failed to evaluate: {exc}")
             continue
@@ -71,17 +77,26 @@ def _cel_errors(schema: dict[str, Any], value: Any, path: str) -> list[str]:
     if isinstance(value, dict):
         for key, sub in schema.get("properties", {}).items():
             if key in value:
-                errors += _cel_errors(sub, value[key], f"{path}.{key}" if path else key)
+                before = old.get(key) if isinstance(old, dict) else None
+                errors += _cel_errors(sub, value[key], f"{path}.{key}" if path else key, before)
+        if isinstance(schema.get("additionalProperties"), dict):
+            for key, item in value.items():
+                errors += _cel_errors(schema["additionalProperties"], item, f"{path}[{key}]")
     elif isinstance(value, list) and "items" in schema:
         for index, item in enumerate(value):
             errors += _cel_errors(schema["items"], item, f"{path}[{index}]")
     return errors
 
 
-def validate_against_crd(obj: dict[str, Any]) -> list[str]:
-    """Every problem the API server would report for this ModelDeployment; [] if valid."""
+def validate_against_crd(obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
+    """Every problem the API server would report for this ModelDeployment; [] if valid.
+
+    ``old`` is the stored object when this is an update (for transition rules).
+    """
     schema = crd_schema()
     value = apply_defaults(schema, copy.deepcopy(obj))
+    if old is not None:
+        old = apply_defaults(schema, copy.deepcopy(old))
     validator = jsonschema.Draft7Validator(_strict(schema))
     errors = [
         f"{'.'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message}"
@@ -89,4 +104,4 @@ def validate_against_crd(obj: dict[str, Any]) -> list[str]:
     ]
     if errors:
         return errors  # the API server stops before CEL when the schema fails
-    return _cel_errors(schema, value, "")
+    return _cel_errors(schema, value, "", old)

@@ -10,10 +10,13 @@ server would, well enough for the operator:
 - the status subresource is isolated: writes to an object ignore its status,
   writes to ``/status`` change only the status;
 - server-side apply (``application/apply-patch+yaml``) is an upsert that tracks
-  which manager owns which fields: an applier's field it stops sending is
-  removed unless another manager (say the HPA) owns it; merge patches and
-  updates take ownership of what they set; a Deployment left without
-  ``spec.replicas`` is defaulted to 1, as the API server does;
+  which manager owns which fields, shown in ``metadata.managedFields``: applying
+  a field at its live value shares it, a different value takes it (``force``) or
+  is a 409 conflict; an applier's field it stops sending is removed unless
+  another manager (say the HPA) owns it; merge patches and updates take
+  ownership of what they change, nothing else (so an HPA that never writes
+  never owns ``replicas``); a Deployment left without ``spec.replicas`` is
+  defaulted to 1, as the API server does;
 - deleting an object deletes the objects it owns (background cascade), an
   object whose owners are all gone is deleted as it is written (as the garbage
   collector would, a moment later), and finalizers hold a deletion until removed;
@@ -91,6 +94,7 @@ class Mutation:
 @dataclass
 class _Ownership:
     by_manager: dict[str, set[Path]] = field(default_factory=dict)
+    applied: set[str] = field(default_factory=set)  # managers whose last write was an apply
 
     def owned_by_others(self, manager: str, path: Path) -> bool:
         return any(path in paths for m, paths in self.by_manager.items() if m != manager)
@@ -100,6 +104,31 @@ class _Ownership:
             if other != manager:
                 owned.difference_update(paths)
         self.by_manager.setdefault(manager, set()).update(paths)
+
+    def share(self, manager: str, paths: set[Path]) -> None:
+        self.by_manager.setdefault(manager, set()).update(paths)
+
+    def managed_fields(self, api_version: str) -> list[Obj]:
+        """metadata.managedFields as the API server renders them (fieldsV1)."""
+        entries = []
+        for manager, paths in sorted(self.by_manager.items()):
+            if not paths:
+                continue
+            tree: Obj = {}
+            for path in sorted(paths):
+                node = tree
+                for key in path:
+                    node = node.setdefault(f"f:{key}", {})
+            entries.append(
+                {
+                    "manager": manager,
+                    "operation": "Apply" if manager in self.applied else "Update",
+                    "apiVersion": api_version,
+                    "fieldsType": "FieldsV1",
+                    "fieldsV1": tree,
+                }
+            )
+        return entries
 
 
 class _StatusError(kmock.KubernetesError):
@@ -151,6 +180,22 @@ def _verb(request: rendering.Request) -> str:
 
 def _spec_part(obj: Obj) -> Obj:
     return {k: v for k, v in obj.items() if k not in {"metadata", "status"}}
+
+
+def _at(obj: Any, path: Path) -> Any:
+    for key in path:
+        if not isinstance(obj, dict) or key not in obj:
+            return _MISSING
+        obj = obj[key]
+    return obj
+
+
+_MISSING = object()
+
+
+def _meta_leaves(obj: Obj) -> set[Path]:
+    meta = {k: v for k, v in obj.get("metadata", {}).items() if k not in _UNOWNED_META}
+    return _leaves(meta, ("metadata",)) if meta else set()
 
 
 class ApiEmulator(kmock.KubernetesEmulator):
@@ -256,7 +301,7 @@ class ApiEmulator(kmock.KubernetesEmulator):
             if live is None:
                 if "apply-patch" in content_type and request.subresource is None:
                     body = {**body, "metadata": {**body.get("metadata", {}), "name": name}}
-                    return await self._create(resource, namespace, body, manager)
+                    return await self._create(resource, namespace, body, manager, apply=True)
                 raise kmock.KubernetesObjectNotFoundError()
             if "json-patch" in content_type:  # RFC 6902: resolved to the whole new object
                 body = _json_patched(live, body)
@@ -265,7 +310,8 @@ class ApiEmulator(kmock.KubernetesEmulator):
                 return await self._write_status(key, live, body, method)
             if request.subresource is not None:
                 raise _StatusError(404, "NotFound", f"subresource {request.subresource}")
-            return await self._update(key, live, body, manager, method, content_type)
+            force = request.params.get("force", "") in {"true", "1"}
+            return await self._update(key, live, body, manager, method, content_type, force)
 
     def _live(self, key: Any) -> Obj | None:
         if key not in self._objects or self._objects[key].deleted:
@@ -354,8 +400,22 @@ class ApiEmulator(kmock.KubernetesEmulator):
         finally:
             self._watchers.remove(watcher)
 
+    def _render_managed_fields(self, key: Any, obj: Obj) -> None:
+        ownership = self._ownership.get(key)
+        entries = ownership.managed_fields(obj.get("apiVersion", "")) if ownership else []
+        if entries:
+            obj.setdefault("metadata", {})["managedFields"] = entries
+        else:
+            obj.get("metadata", {}).pop("managedFields", None)
+
     async def _create(
-        self, resource: references.resource, namespace: str | None, body: Obj, manager: str
+        self,
+        resource: references.resource,
+        namespace: str | None,
+        body: Obj,
+        manager: str,
+        *,
+        apply: bool = False,
     ) -> Obj:
         obj = copy.deepcopy(body)
         meta = obj.setdefault("metadata", {})
@@ -378,11 +438,21 @@ class ApiEmulator(kmock.KubernetesEmulator):
         )
         self._ownership[key] = _Ownership()
         self._ownership[key].take(manager, _leaves(body) - {("metadata", k) for k in _UNOWNED_META})
+        if apply:
+            self._ownership[key].applied.add(manager)
+        self._render_managed_fields(key, obj)
         self._stamp(obj)
         return await self._store(key, obj, "ADDED")
 
     async def _update(  # noqa: PLR0917 - one request, decomposed
-        self, key: Any, live: Obj, body: Obj, manager: str, method: str, content_type: str
+        self,
+        key: Any,
+        live: Obj,
+        body: Obj,
+        manager: str,
+        method: str,
+        content_type: str,
+        force: bool = False,
     ) -> Obj:
         incoming = copy.deepcopy(body)
         incoming.pop("status", None)  # the status subresource is separate
@@ -398,15 +468,28 @@ class ApiEmulator(kmock.KubernetesEmulator):
                 **{k: live["metadata"][k] for k in _UNOWNED_META if k in live["metadata"]},
             }
         elif "apply-patch" in content_type:
+            same = {p for p in sent if _at(live, p) == _at(incoming, p)}
+            conflicts = {p for p in sent - same if ownership.owned_by_others(manager, p)}
+            if conflicts and not force:
+                fields = ", ".join(".".join(p) for p in sorted(conflicts))
+                raise _StatusError(409, "Conflict", f"Apply failed with conflicts: {fields}")
             new = copy.deepcopy(live)
             for path in ownership.by_manager.get(manager, set()) - sent:
                 if not ownership.owned_by_others(manager, path):
                     _remove(new, path)
             _merge(new, incoming, nulls_delete=False)
             ownership.by_manager[manager] = set()
+            ownership.share(manager, same)  # an equal value is shared, not taken
+            ownership.take(manager, sent - same)
+            ownership.applied.add(manager)
         else:  # merge-patch and strategic-merge-patch, both as RFC 7386 merge patches
             new = _merge(copy.deepcopy(live), incoming, nulls_delete=True)
-        ownership.take(manager, sent)
+        if "apply-patch" not in content_type:
+            # An update owns what it changed, and nothing it left as it was.
+            leaves = _leaves(_spec_part(new)) | _meta_leaves(new)
+            ownership.take(manager, {p for p in leaves if _at(live, p) != _at(new, p)})
+            ownership.applied.discard(manager)
+        self._render_managed_fields(key, new)
         if new.get("status") is None:
             new.pop("status", None)
         if _spec_part(new) != _spec_part(live):

@@ -8,6 +8,7 @@ from modelplane_operator import names
 from modelplane_operator.crd import CRD_PATH, build_crd
 from modelplane_operator.yaml_text import dump
 from modelplane_testkit.crd_validation import CRD_FILE, REPO, load_crd
+from modelplane_testkit.structural_schema import structural_errors
 
 
 def test_checked_in_crd_matches_the_spec_models() -> None:
@@ -29,7 +30,55 @@ def _walk(schema: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, A
     return nodes
 
 
-def test_schema_is_structural() -> None:
+def test_schema_is_structural_by_the_api_servers_rules() -> None:
+    schema = load_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    assert structural_errors(schema) == []
+
+
+def test_the_structural_check_refuses_what_the_api_server_refused() -> None:
+    """The int-or-string field a real kube-apiserver refused (issue 11, finding 1)."""
+    schema = load_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    surge = schema["properties"]["spec"]["properties"]["rollout"]["properties"]["maxSurge"]
+    surge["anyOf"][0]["minimum"] = 0
+    where = (
+        "spec.validation.openAPIV3Schema.properties[spec].properties[rollout]"
+        ".properties[maxSurge].anyOf"
+    )
+    assert structural_errors(schema) == [
+        f"{where}[0].type: Forbidden: must be empty to be structural",
+        f"{where}[1].type: Forbidden: must be empty to be structural",
+    ]
+    schema = load_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    schema["properties"]["metadata"]["description"] = "the object's metadata"
+    assert structural_errors(schema) == [
+        "spec.validation.openAPIV3Schema.properties[metadata]: Forbidden: must not specify "
+        "anything other than name and generateName, but metadata is implicitly specified"
+    ]
+
+
+def test_every_field_has_a_description() -> None:
+    """`kubectl explain modeldeployment.spec...` documents every field."""
+    schema = load_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    missing = [
+        path
+        for path, node in _walk(schema)
+        # metadata: the API server refuses any schema there but its type.
+        if path
+        and path != ".metadata"
+        and "[" not in path.rsplit(".", 1)[-1]
+        and not node.get("description")
+    ]
+    assert missing == []
+
+
+def test_root_rules_name_their_field() -> None:
+    """Without fieldPath the API server reports a root rule's field as <nil>."""
+    schema = load_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for rule in schema["x-kubernetes-validations"]:
+        assert rule.get("fieldPath", "").startswith(".metadata."), rule
+
+
+def test_schema_shape_the_api_server_needs() -> None:
     schema = load_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     for path, node in _walk(schema):
         typed = (

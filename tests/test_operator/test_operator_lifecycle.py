@@ -137,7 +137,7 @@ def test_autoscaling_on_off_on_hands_replicas_over(cluster: Cluster) -> None:
     cluster.patch(
         "modeldeployments", NS, "demo", {"spec": {"runtime": {"batching": {"maxBatchSize": 4}}}}
     )
-    wait_for(lambda: "4" in str(_deployment(cluster)["spec"]["template"]), "the batching change")
+    wait_for(lambda: _env(cluster)["MODELPLANE_MAX_BATCH_SIZE"] == "4", "the batching change")
     assert _deployment(cluster)["spec"]["replicas"] == 5
 
     # Off: the HPA and PDB go, and spec.replicas is the Deployment's again.
@@ -160,11 +160,51 @@ def test_autoscaling_on_off_on_hands_replicas_over(cluster: Cluster) -> None:
     cluster.patch(
         "modeldeployments", NS, "demo", {"spec": {"runtime": {"warmup": {"iterations": 9}}}}
     )
-    wait_for(
-        lambda: '"9"' in str(_deployment(cluster)["spec"]["template"]).replace("'", '"'),
-        "the warmup change",
-    )
+    wait_for(lambda: _env(cluster)["MODELPLANE_WARMUP_ITERATIONS"] == "9", "the warmup change")
     assert _deployment(cluster)["spec"]["replicas"] == 3
+
+
+def _env(cluster: Cluster) -> dict[str, str]:
+    runtime = _deployment(cluster)["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e["value"] for e in runtime["env"]}
+
+
+def test_replicas_survive_autoscaling_with_an_hpa_that_never_writes(cluster: Cluster) -> None:
+    """Issue 11, finding 3: a real HPA does not write while the count is within its bounds,
+    so the operator must hand replicas over itself before it stops applying them."""
+    cluster.create("modeldeployments", _md(replicas=5))
+    wait_for(lambda: _deployment_or_none(cluster, "replicas") == 5, "5 replicas")
+
+    cluster.patch(
+        "modeldeployments",
+        NS,
+        "demo",
+        {"spec": {"autoscaling": {"minReplicas": 2, "maxReplicas": 8}}},
+    )
+    wait_for(lambda: cluster.get("horizontalpodautoscalers", NS, "demo"), "the HPA")
+    wait_for(lambda: "replicas" not in _owned_by_operator(cluster), "the operator lets go")
+    cluster.patch(
+        "modeldeployments", NS, "demo", {"spec": {"runtime": {"warmup": {"iterations": 6}}}}
+    )
+    wait_for(lambda: _env(cluster)["MODELPLANE_WARMUP_ITERATIONS"] == "6", "the warmup change")
+    assert _deployment(cluster)["spec"]["replicas"] == 5
+
+    # Off again: the operator takes replicas back from the hand-over manager.
+    cluster.patch("modeldeployments", NS, "demo", {"spec": {"autoscaling": None, "replicas": 3}})
+    wait_for(lambda: _deployment_or_none(cluster, "replicas") == 3, "replicas back to 3")
+    wait_for(lambda: "replicas" in _owned_by_operator(cluster), "the operator owns replicas")
+
+
+def _deployment_or_none(cluster: Cluster, field: str) -> Any:
+    return (cluster.get("deployments", NS, "demo") or {}).get("spec", {}).get(field)
+
+
+def _owned_by_operator(cluster: Cluster) -> set[str]:
+    """The Deployment's spec fields the operator's applies own (from managedFields)."""
+    for entry in _deployment(cluster)["metadata"].get("managedFields", []):
+        if entry["manager"] == "modelplane-operator":
+            return {k[2:] for k in entry["fieldsV1"].get("f:spec", {})}
+    return set()
 
 
 def _gone(cluster: Cluster, plural: str) -> bool:

@@ -77,6 +77,12 @@ _toleration = st.fixed_dictionaries(
         "effect": st.sampled_from(["NoSchedule", "PreferNoSchedule", "NoExecute"]),
         "tolerationSeconds": st.integers(0, 3600),
     },
+).map(  # the API server allows tolerationSeconds only with effect NoExecute
+    lambda t: (
+        t
+        if t.get("effect") == "NoExecute"
+        else {k: v for k, v in t.items() if k != "tolerationSeconds"}
+    )
 )
 _affinity = st.sampled_from(
     [

@@ -136,6 +136,54 @@ INVALID: list[tuple[str, Mutation, str]] = [
         _set("spec.scheduling", {"nodeSelector": {"gpu": True}}),
         "nodeSelector",
     ),
+    # Found on a real API server: admitted by the CRD, then refused in the Deployment.
+    (
+        "node-selector-bad-key",
+        _set("spec.scheduling", {"nodeSelector": {"bad key!": "x"}}),
+        "nodeSelector",
+    ),
+    (
+        "node-selector-bad-value",
+        _set("spec.scheduling", {"nodeSelector": {"gpu": "a b"}}),
+        "nodeSelector",
+    ),
+    (
+        "toleration-exists-with-value",
+        _set(
+            "spec.scheduling", {"tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]}
+        ),
+        "tolerations[0].value",
+    ),
+    (
+        "toleration-without-key-not-exists",
+        _set("spec.scheduling", {"tolerations": [{"operator": "Equal", "value": "v"}]}),
+        "tolerations[0].operator",
+    ),
+    (
+        "toleration-seconds-without-noexecute",
+        _set(
+            "spec.scheduling",
+            {"tolerations": [{"key": "k", "effect": "NoSchedule", "tolerationSeconds": 5}]},
+        ),
+        "tolerations[0].tolerationSeconds",
+    ),
+    (
+        "toleration-bad-key",
+        _set("spec.scheduling", {"tolerations": [{"key": "a b", "operator": "Exists"}]}),
+        "tolerations[0].key",
+    ),
+    (
+        "priority-class-not-a-name",
+        _set("spec.scheduling", {"priorityClassName": "Critical_Class"}),
+        "priorityClassName",
+    ),
+    (
+        "service-account-not-a-name",
+        _set("spec.model.credentials", {"serviceAccountName": "Model Reader"}),
+        "serviceAccountName",
+    ),
+    ("secret-not-a-name", _set("spec.model.credentials", {"secretRef": {"name": "a/b"}}), "name"),
+    ("image-with-space", _set("spec.runtime", {"image": "repo/image latest"}), "image"),
 ]
 
 
@@ -191,3 +239,19 @@ def test_defaults_agree_between_pydantic_and_the_crd() -> None:
     for section in ("runtime", "resources", "autoscaling", "rollout"):
         for key, value in defaulted["spec"][section].items():
             assert parsed[section][key] == value, (section, key)
+
+
+def test_replicas_cannot_change_while_autoscaling_is_set() -> None:
+    """A transition rule: `kubectl scale` on an autoscaled ModelDeployment is refused."""
+    scaled = minimal(replicas=1, autoscaling={"minReplicas": 2, "maxReplicas": 8})
+    rescaled = minimal(replicas=5, autoscaling={"minReplicas": 2, "maxReplicas": 8})
+    problems = validate_against_crd(rescaled, old=scaled)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("spec.replicas: replicas cannot change while autoscaling")
+    assert validate_against_crd(rescaled) == [], "a create has no old object to compare"
+    for old, new in (
+        (minimal(replicas=1), rescaled),  # autoscaling and replicas set in one change
+        (scaled, minimal(replicas=5)),  # autoscaling removed, replicas set
+        (minimal(replicas=1), minimal(replicas=5)),  # no autoscaling at all
+    ):
+        assert validate_against_crd(new, old=old) == [], (old["spec"], new["spec"])

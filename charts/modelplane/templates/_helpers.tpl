@@ -33,6 +33,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - apiGroups: [modelplane.io]
   resources: [modeldeployments/status]
   verbs: [patch]
+# Children carry blockOwnerDeletion; where the OwnerReferencesPermissionEnforcement
+# admission plugin runs (OpenShift), that needs update on the owner's finalizers.
+- apiGroups: [modelplane.io]
+  resources: [modeldeployments/finalizers]
+  verbs: [update]
 # The children: server-side apply creates and updates them (create + patch).
 - apiGroups: [apps]
   resources: [deployments]
