@@ -195,7 +195,7 @@ def _label_keys(value: dict[str, str]) -> dict[str, str]:
     return value
 
 
-NODE_SELECTOR_RULE = {
+NODE_SELECTOR_RULE: dict[str, JsonValue] = {
     # Map keys have no schema of their own: CEL checks them (maxProperties bounds the cost).
     "rule": f"self.all(k, size(k) <= 317 && k.matches('{LABEL_KEY_PATTERN}'))",
     "message": "every key must be " + _LABEL_KEY[1],
@@ -595,7 +595,7 @@ def _providers_match_gpu(spec: ModelDeploymentSpec) -> bool:
 # A transition rule (it reads oldSelf), so only the API server applies it, on updates:
 # `kubectl scale` writes spec.replicas through /scale, and while an HPA owns the count a
 # stored value would only take effect, unexpectedly, when autoscaling is removed.
-REPLICAS_WHILE_AUTOSCALING_RULE = {
+REPLICAS_WHILE_AUTOSCALING_RULE: dict[str, JsonValue] = {
     "rule": "!has(self.autoscaling) || !has(oldSelf.autoscaling) "
     "|| self.replicas == oldSelf.replicas",
     "message": "replicas cannot change while autoscaling is set: the HorizontalPodAutoscaler "

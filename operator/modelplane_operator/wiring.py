@@ -16,7 +16,9 @@ import kopf
 from prometheus_client import start_http_server
 
 from modelplane_operator import names
+from modelplane_operator.applier import Outcome
 from modelplane_operator.config import OperatorConfig
+from modelplane_operator.freshness import RecentWrites
 from modelplane_operator.handled import ObservedGenerationDiffBase, RetryAnnotations
 from modelplane_operator.kube import KubeApi, load_client
 from modelplane_operator.reconcile import ClusterView, RetryLater, SpecRejected, reconcile
@@ -66,6 +68,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, handler_ids: Ite
     memo.locks = _Locks()
     memo.retries = _Retries()
     memo.written = {}  # (namespace, name) -> the status this operator last wrote
+    memo.recent = RecentWrites()  # children this operator wrote, until the cache has them
     if config.metrics_port:
         start_http_server(config.metrics_port, addr=config.metrics_address)
 
@@ -160,17 +163,24 @@ def _parse(snapshot: bytes) -> Obj:
     return parsed
 
 
+# An event's own object, fresher than the index: (kind, namespace, name), the object
+# (None when deleted), and the deleted object itself.
+Override = tuple[tuple[str, str, str], Obj | None, Obj | None]
+
+
 def _view(
     memo: kopf.Memo,
     indexes: Mapping[str, Any],
-    override: tuple[tuple[str, str, str], Obj | None] | None = None,
+    override: Override | None = None,
 ) -> ClusterView:
     api: KubeApi = memo.api
+    recent: RecentWrites = memo.recent
 
     def cached(kind: str, namespace: str, name: str) -> Obj | None:
-        if override is not None and override[0] == (kind, namespace, name):
-            return override[1]
-        return _first(indexes[INDEX_OF_KIND[kind]].get((namespace, name)))
+        key = (kind, namespace, name)
+        if override is not None and override[0] == key:
+            return recent.fresher(key, override[1], tombstone=override[2])
+        return recent.fresher(key, _first(indexes[INDEX_OF_KIND[kind]].get((namespace, name))))
 
     def child(kind: str, namespace: str, name: str) -> Obj | None:
         found = cached(kind, namespace, name)
@@ -188,7 +198,7 @@ def reconcile_body(
     body: Mapping[str, Any],
     memo: kopf.Memo,
     indexes: Mapping[str, Any],
-    override: tuple[tuple[str, str, str], Obj | None] | None = None,
+    override: Override | None = None,
 ) -> None:
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
     with memo.locks(key):
@@ -201,18 +211,26 @@ def reconcile_body(
         def remember(status: Obj) -> None:
             memo.written[key] = (body["metadata"].get("uid"), status)
 
-        reconcile(
+        result = reconcile(
             current,
             memo.api,
             memo.config,
             _view(memo, indexes, override),
             on_status_written=remember,
         )
+        recent: RecentWrites = memo.recent
+        for child in result.children:
+            where = (child.kind, key[0], child.name)
+            if child.outcome is Outcome.DELETED and child.live is not None:
+                recent.deleted(where, child.live)
+            elif child.wrote and child.live:
+                recent.applied(where, child.live)
 
 
 def forget(key: tuple[str, str], memo: kopf.Memo) -> None:
     """A ModelDeployment is gone: drop what the operator kept about it."""
     memo.written.pop(key, None)
+    memo.recent.forget(*key)
     memo.handled.forget(key)
     memo.retries.succeeded(key)
     memo.locks.drop(key)
@@ -230,9 +248,11 @@ def reconcile_owner(event: kopf.RawEvent, memo: kopf.Memo, indexes: Mapping[str,
     override = None
     if kind in INDEX_OF_KIND:
         # The event is fresher than the index: a deleted child is gone even if still indexed.
+        deleted = event["type"] == "DELETED"
         override = (
             (kind, namespace, meta.get("name", "")),
-            None if event["type"] == "DELETED" else copy.deepcopy(dict(obj)),
+            None if deleted else copy.deepcopy(dict(obj)),
+            dict(obj) if deleted else None,
         )
     _reconcile_from_event(memo, indexes, (namespace, owner), override, kind)
 
@@ -241,7 +261,7 @@ def _reconcile_from_event(
     memo: kopf.Memo,
     indexes: Mapping[str, Any],
     key: tuple[str, str],
-    override: tuple[tuple[str, str, str], Obj | None] | None,
+    override: Override | None,
     kind: str,
 ) -> None:
     body = _first(indexes["model_deployments"].get(key))

@@ -1,0 +1,86 @@
+"""The operator's own writes win over a watch cache that has not caught up, and only then."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from modelplane_operator.freshness import RecentWrites
+
+KEY = ("Deployment", "models", "demo")
+
+
+def _obj(version: str, uid: str = "u1", image: str = "new") -> dict[str, Any]:
+    return {"metadata": {"resourceVersion": version, "uid": uid}, "spec": {"image": image}}
+
+
+APPLIED = _obj("20")
+
+# (case, what the cache or event shows, tombstone of a DELETED event, expected result)
+AFTER_APPLY: list[tuple[str, Any, Any, Any]] = [
+    ("cache behind: ours", _obj("15", image="old"), None, APPLIED),
+    ("cache at ours", _obj("20"), None, _obj("20")),
+    (
+        "cache past ours (a later edit)",
+        _obj("25", image="edited"),
+        None,
+        _obj("25", image="edited"),
+    ),
+    ("creation not yet seen", None, None, APPLIED),
+    ("deleted after ours", None, _obj("30"), None),
+    (
+        "versions not integers: trust the cache",
+        _obj("abc", image="x"),
+        None,
+        _obj("abc", image="x"),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("seen", "tombstone", "expected"),
+    [case[1:] for case in AFTER_APPLY],
+    ids=[case[0] for case in AFTER_APPLY],
+)
+def test_an_apply_is_remembered_until_the_cache_has_it(
+    seen: Any, tombstone: Any, expected: Any
+) -> None:
+    recent = RecentWrites()
+    recent.applied(KEY, APPLIED)
+    assert recent.fresher(KEY, seen, tombstone) == expected
+
+
+def test_once_caught_up_the_cache_wins_from_then_on() -> None:
+    recent = RecentWrites()
+    recent.applied(KEY, APPLIED)
+    assert recent.fresher(KEY, _obj("20")) == _obj("20")
+    # An older object later on (a replayed event) is no longer corrected: the record is gone.
+    assert recent.fresher(KEY, _obj("15", image="old")) == _obj("15", image="old")
+
+
+def test_a_deleted_child_stays_deleted_until_the_cache_drops_it() -> None:
+    recent = RecentWrites()
+    recent.deleted(KEY, _obj("20", uid="gone"))
+    assert recent.fresher(KEY, _obj("21", uid="gone")) is None  # still cached: not deleted twice
+    assert recent.fresher(KEY, _obj("40", uid="new")) == _obj("40", uid="new")  # re-created
+    assert recent.fresher(KEY, _obj("21", uid="gone")) == _obj("21", uid="gone")  # record gone
+
+
+def test_records_expire() -> None:
+    now = [0.0]
+    recent = RecentWrites(ttl=60, clock=lambda: now[0])
+    recent.applied(KEY, APPLIED)
+    now[0] = 61.0
+    assert recent.fresher(KEY, _obj("15", image="old")) == _obj("15", image="old")
+
+
+def test_forget_drops_every_child_of_a_model_deployment() -> None:
+    recent = RecentWrites()
+    recent.applied(KEY, APPLIED)
+    recent.applied(("Service", "models", "demo"), APPLIED)
+    recent.applied(("Service", "models", "other"), APPLIED)
+    recent.forget("models", "demo")
+    assert recent.fresher(KEY, None) is None
+    assert recent.fresher(("Service", "models", "demo"), None) is None
+    assert recent.fresher(("Service", "models", "other"), None) == APPLIED
