@@ -24,7 +24,7 @@ CRD_PATH = Path("manifests/crds") / f"{names.GROUP}_{names.PLURAL}.yaml"
 NAME_RULE = {
     "rule": f"size(self.metadata.name) <= {names.MAX_NAME_LENGTH} && "
     f"self.metadata.name.matches('{NAME_PATTERN}')",
-    "message": f"metadata.name must be a DNS-1035 label of at most {names.MAX_NAME_LENGTH} "
+    "message": f"must be a DNS-1035 label of at most {names.MAX_NAME_LENGTH} "
     "characters (lowercase letters, digits and '-', starting with a letter): it names the "
     "Deployment, Service and pod labels",
     # Without it the API server reports the field of a root-level rule as <nil>.
@@ -132,9 +132,13 @@ def build_crd() -> dict[str, Any]:
                                     "description": f"{names.API_VERSION}",
                                 },
                                 "kind": {"type": "string", "description": names.KIND},
-                                # Nothing but the type: the API server refuses any
-                                # other schema (even a description) for metadata.
-                                "metadata": {"type": "object"},
+                                # Nothing but the type and name (the target of the
+                                # name rule's fieldPath): the API server refuses any
+                                # other schema for metadata, even a description.
+                                "metadata": {
+                                    "type": "object",
+                                    "properties": {"name": {"type": "string"}},
+                                },
                                 "spec": _schema_of(ModelDeploymentSpec),
                                 "status": _schema_of(ModelDeploymentStatus),
                             },

@@ -141,10 +141,15 @@ def _pattern_check(pattern: str, what: str) -> AfterValidator:
     return AfterValidator(check)
 
 
+def cel_string(text: str) -> str:
+    """``text`` as a CEL string literal: CEL reads escapes, so a regex's backslash doubles."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def _pattern_rule(pattern: str, what: str) -> Any:
     """The same check as CEL, with the same message, for the API server."""
     rule: dict[str, JsonValue] = {
-        "rule": f"self.matches('{pattern}')",
+        "rule": f"self.matches({cel_string(pattern)})",
         "message": f"must be {what}",
     }
     return Field(json_schema_extra={"x-kubernetes-validations": [rule]})
@@ -197,7 +202,7 @@ def _label_keys(value: dict[str, str]) -> dict[str, str]:
 
 NODE_SELECTOR_RULE: dict[str, JsonValue] = {
     # Map keys have no schema of their own: CEL checks them (maxProperties bounds the cost).
-    "rule": f"self.all(k, size(k) <= 317 && k.matches('{LABEL_KEY_PATTERN}'))",
+    "rule": f"self.all(k, size(k) <= 317 && k.matches({cel_string(LABEL_KEY_PATTERN)}))",
     "message": "every key must be " + _LABEL_KEY[1],
 }
 

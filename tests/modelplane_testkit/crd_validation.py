@@ -97,7 +97,10 @@ def validate_against_crd(obj: dict[str, Any], old: dict[str, Any] | None = None)
     value = apply_defaults(schema, copy.deepcopy(obj))
     if old is not None:
         old = apply_defaults(schema, copy.deepcopy(old))
-    validator = jsonschema.Draft7Validator(_strict(schema))
+    strict = _strict(schema)
+    # metadata is ObjectMeta, validated by the API server itself; its schema only names name.
+    strict["properties"]["metadata"] = schema["properties"]["metadata"]
+    validator = jsonschema.Draft7Validator(strict)
     errors = [
         f"{'.'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message}"
         for e in sorted(validator.iter_errors(value), key=lambda e: list(map(str, e.path)))

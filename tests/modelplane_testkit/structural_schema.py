@@ -152,3 +152,52 @@ def _list_map(node: dict[str, Any], path: str, errors: list[str]) -> None:
                 f"{path}.items.properties[{key}]: Required value: "
                 "all map keys must be required or have a default value"
             )
+
+
+# CEL's escapes in a quoted (not raw) string; anything else after a backslash is a
+# syntax error for the API server ("token recognition error"), though cel-python lets it by.
+_CEL_ESCAPES = set("\\'\"?abfnrtv`xuU01234567")
+
+
+def cel_literal_errors(rule: str) -> list[str]:
+    """Invalid escapes in the CEL string literals of ``rule``."""
+    errors: list[str] = []
+    index = 0
+    while index < len(rule):
+        char = rule[index]
+        if char not in "'\"":
+            index += 1
+            continue
+        raw = index > 0 and rule[index - 1] in "rR"
+        end = index + 1
+        while end < len(rule) and rule[end] != char:
+            if rule[end] == "\\":
+                if not raw and (end + 1 >= len(rule) or rule[end + 1] not in _CEL_ESCAPES):
+                    errors.append(f"invalid escape at {end} in {rule!r}")
+                end += 1
+            end += 1
+        index = end + 1
+    return errors
+
+
+def field_path_errors(schema: dict[str, Any]) -> list[str]:
+    """Rules whose fieldPath names no property of the schema they sit on."""
+    errors: list[str] = []
+    for node in _nodes(schema):
+        for rule in node.get("x-kubernetes-validations", []):
+            target: Any = node
+            for part in rule.get("fieldPath", "").split(".")[1:]:
+                target = (target or {}).get("properties", {}).get(part)
+            if target is None:
+                errors.append(f"{rule['fieldPath']}: must be a valid path")
+    return errors
+
+
+def _nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
+    found = [node]
+    for sub in node.get("properties", {}).values():
+        found += _nodes(sub)
+    for key in ("items", "additionalProperties"):
+        if isinstance(node.get(key), dict):
+            found += _nodes(node[key])
+    return found

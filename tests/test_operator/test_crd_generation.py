@@ -8,7 +8,11 @@ from modelplane_operator import names
 from modelplane_operator.crd import CRD_PATH, build_crd
 from modelplane_operator.yaml_text import dump
 from modelplane_testkit.crd_validation import CRD_FILE, REPO, load_crd
-from modelplane_testkit.structural_schema import structural_errors
+from modelplane_testkit.structural_schema import (
+    cel_literal_errors,
+    field_path_errors,
+    structural_errors,
+)
 
 
 def test_checked_in_crd_matches_the_spec_models() -> None:
@@ -56,15 +60,36 @@ def test_the_structural_check_refuses_what_the_api_server_refused() -> None:
     ]
 
 
+def test_cel_rules_compile_where_the_api_server_compiles_them() -> None:
+    """kube-apiserver refused `self.matches('^a\\.b$')`: CEL reads `\\.` as a bad escape."""
+    schema = load_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    rules = [
+        r["rule"] for _, node in _walk(schema) for r in node.get("x-kubernetes-validations", [])
+    ]
+    assert rules
+    assert [e for rule in rules for e in cel_literal_errors(rule)] == []
+    assert cel_literal_errors("self.matches('^a\\.b$')"), "the check must catch a bad escape"
+    assert not cel_literal_errors("self.matches('^a\\\\.b$')")
+    assert not cel_literal_errors("self.matches(r'^a\\.b$')")
+
+
+def test_every_field_path_names_a_field_of_the_schema() -> None:
+    """kube-apiserver refused fieldPath .metadata.name while metadata had no properties."""
+    schema = load_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    assert field_path_errors(schema) == []
+    del schema["properties"]["metadata"]["properties"]
+    assert field_path_errors(schema) == [".metadata.name: must be a valid path"]
+
+
 def test_every_field_has_a_description() -> None:
     """`kubectl explain modeldeployment.spec...` documents every field."""
     schema = load_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     missing = [
         path
         for path, node in _walk(schema)
-        # metadata: the API server refuses any schema there but its type.
+        # metadata: the API server refuses any schema there but its type (and name).
         if path
-        and path != ".metadata"
+        and not path.startswith(".metadata")
         and "[" not in path.rsplit(".", 1)[-1]
         and not node.get("description")
     ]
