@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 CODE := $(wildcard operator runtime tests bench)
 
-.PHONY: demo test lint typecheck unit crd manifests golden bench bench-operator clean
+.PHONY: demo test lint typecheck unit crd manifests golden bench bench-operator clean e2e
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "modelplane needs Python 3.11+")'
@@ -63,3 +63,9 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+# The operator and the install on a real control plane (tests/test_e2e): a cluster named by
+# MODELPLANE_E2E_KUBECONFIG, or binaries in KUBEBUILDER_ASSETS / ~/.local/share/kubebuilder-envtest.
+# Without either, every test skips with one line saying how to get them.
+e2e: $(STAMP)
+	MODELPLANE_E2E=1 $(BIN)/python -m pytest -p no:randomly tests/test_e2e

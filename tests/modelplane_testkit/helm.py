@@ -85,16 +85,18 @@ def template(
     *,
     namespace: str = INSTALL_NAMESPACE,
     include_crds: bool = False,
+    release: str = RELEASE,
 ) -> list[Obj]:
     """``helm template`` of the chart with these values, as parsed objects."""
-    return [
-        doc for doc in yaml.safe_load_all(template_text(values, namespace, include_crds)) if doc
-    ]
+    text = template_text(values, namespace, include_crds, release)
+    return [doc for doc in yaml.safe_load_all(text) if doc]
 
 
-def template_text(values: Obj | None, namespace: str, include_crds: bool) -> str:
+def template_text(
+    values: Obj | None, namespace: str, include_crds: bool, release: str = RELEASE
+) -> str:
     crds = ["--include-crds"] if include_crds else []
-    return _with_values(values, "template", RELEASE, str(CHART), "-n", namespace, *crds)
+    return _with_values(values, "template", release, str(CHART), "-n", namespace, *crds)
 
 
 def lint(values: Obj | None = None) -> str:

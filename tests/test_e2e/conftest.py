@@ -1,0 +1,93 @@
+"""The real control plane for the end-to-end tests; `make e2e` runs them.
+
+They skip, with one line saying why, unless MODELPLANE_E2E=1 (set by `make e2e`)
+and a control plane is available (see modelplane_testkit.control_plane).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from modelplane_testkit import helm
+from modelplane_testkit.control_plane import ApiServer, control_plane
+from modelplane_testkit.kubelet import KubeletPlayer
+from modelplane_testkit.real_cluster import RealCluster
+
+REPO = Path(__file__).resolve().parents[2]
+RELEASE_NAMESPACE = helm.INSTALL_NAMESPACE
+OPERATOR_ACCOUNT = helm.RELEASE  # the chart's ServiceAccount: <release> for release "modelplane"
+OPERATOR_USER = f"system:serviceaccount:{RELEASE_NAMESPACE}:{OPERATOR_ACCOUNT}"
+
+
+def start_or_skip(workdir: Path, admission_plugins: tuple[str, ...] = ()) -> Iterator[ApiServer]:
+    if os.environ.get("MODELPLANE_E2E") != "1":
+        pytest.skip("real control-plane tests run with `make e2e`")
+    try:
+        with control_plane(workdir, admission_plugins) as server:
+            yield server
+    except LookupError as missing:
+        pytest.skip(str(missing))
+
+
+@pytest.fixture(scope="session")
+def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    yield from start_or_skip(tmp_path_factory.mktemp("control-plane"))
+
+
+@pytest.fixture(scope="session")
+def admin(api_server: ApiServer) -> RealCluster:
+    return RealCluster(api_server)
+
+
+def helm_install(server: ApiServer, release: str, values: dict[str, object] | None = None) -> None:
+    """`helm install` of the chart into the real API server (crds/ first, as helm does)."""
+    args = [str(helm.install_helm()), "install", release, str(helm.CHART)]
+    args += ["--namespace", RELEASE_NAMESPACE, "--create-namespace", "--wait=false"]
+    for key, value in (values or {}).items():
+        args += ["--set-json", f"{key}={__import__('json').dumps(value)}"]
+    result = subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "KUBECONFIG": str(server.kubeconfig)},
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture(scope="session")
+def installed(api_server: ApiServer) -> ApiServer:
+    """The chart installed with default values: CRD, ServiceAccount, ClusterRole, binding."""
+    helm_install(api_server, helm.RELEASE)
+    api_server.kubectl(
+        "wait", "--for", "condition=established", "--timeout=30s",
+        "crd/modeldeployments.modelplane.io",
+    )  # fmt: skip
+    return api_server
+
+
+def account_token(server: ApiServer, namespace: str, account: str) -> str:
+    """A token for a ServiceAccount, from the TokenRequest API (as a pod would get one)."""
+    token = server.kubectl("create", "token", account, "-n", namespace, "--duration=2h").strip()
+    assert token
+    return token
+
+
+@pytest.fixture(scope="session")
+def operator_token(installed: ApiServer) -> str:
+    return account_token(installed, RELEASE_NAMESPACE, OPERATOR_ACCOUNT)
+
+
+@pytest.fixture(scope="session")
+def kubelet(api_server: ApiServer) -> Iterator[KubeletPlayer]:
+    player = KubeletPlayer(api_server)
+    player.register_node("cpu-1")
+    player.register_node("cpu-2")
+    with player:
+        yield player
