@@ -153,9 +153,26 @@ class _Retries:
             self._timers.clear()
 
 
+def _copy(store: Iterable[bytes] | None) -> list[bytes]:
+    """The entries of a kopf index store, read from a handler's thread.
+
+    kopf updates its indexes on the event loop while sync handlers run in worker
+    threads, so iterating a store can meet a concurrent change ("dictionary changed
+    size during iteration", seen on a real API server); the copy is simply retried.
+    """
+    if store is None:
+        return []
+    for _ in range(100):
+        try:
+            return list(store)
+        except RuntimeError:
+            continue
+    return list(store)
+
+
 def _first(store: Iterable[bytes] | None) -> Obj | None:
-    found = next(iter(store), None) if store is not None else None
-    return _parse(found) if found is not None else None
+    found = _copy(store)
+    return _parse(found[0]) if found else None
 
 
 def _parse(snapshot: bytes) -> Obj:
@@ -189,7 +206,7 @@ def _view(
         return found
 
     def pods(namespace: str, name: str) -> Sequence[Obj]:
-        return [_parse(pod) for pod in indexes["pods"].get((namespace, name), [])]
+        return [_parse(pod) for pod in _copy(indexes["pods"].get((namespace, name)))]
 
     return ClusterView(child=child, cached=cached, pods=pods)
 

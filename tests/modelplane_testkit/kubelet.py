@@ -4,7 +4,8 @@ Nodes are registered with cpu, memory and (for GPU nodes) ``nvidia.com/gpu``
 capacity and the GPU taint. Once the real scheduler binds a runtime pod, its
 status is written through ``pods/status`` as a kubelet would: the fetch init
 container completed and the runtime Running and Ready, or (per namespace) the
-fetch failing with the fetch command's own last line.
+fetch failing with the fetch command's own last line. A pod being deleted is
+removed once its grace period starts, as a kubelet does when its containers stop.
 """
 
 from __future__ import annotations
@@ -98,7 +99,15 @@ class KubeletPlayer:
         )
         for pod in response.json().get("items", []):
             meta, spec = pod["metadata"], pod["spec"]
-            if not spec.get("nodeName") or meta.get("deletionTimestamp"):
+            if meta.get("deletionTimestamp"):
+                # The containers have stopped: a kubelet confirms with a zero-grace delete.
+                self.http.delete(
+                    f"{self.base}/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}",
+                    json={"gracePeriodSeconds": 0},
+                    timeout=10,
+                )
+                continue
+            if not spec.get("nodeName"):
                 continue
             behaviour = "fetch-fails" if meta["namespace"] in self.fetch_fails else "runs"
             if self._played.get(meta["uid"]) == behaviour:
