@@ -1,6 +1,9 @@
-"""How the operator's cost grows with its work, against the test API emulator.
+"""How the operator's cost grows with its work, against the test API emulator or a
+real kube-apiserver (``--target real``: etcd and kube-apiserver from the envtest
+binaries, see tests/modelplane_testkit/control_plane.py; writes counted from the
+API server's audit log).
 
-For N ModelDeployments (default 10, 100, 500), with a fresh emulator and a fresh
+For N ModelDeployments (default 10, 100, 500), with a fresh API server and a fresh
 ``kopf run -m modelplane_operator.handlers`` process each time:
 
 - seconds from creating N ModelDeployments to all of them having their
@@ -37,6 +40,12 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
+from modelplane_testkit.control_plane import (  # noqa: E402
+    MUTATING_VERBS,
+    ApiServer,
+    LocalControlPlane,
+    find_assets,
+)
 from modelplane_testkit.kube_emulator import Mutation  # noqa: E402
 from modelplane_testkit.operator_harness import (  # noqa: E402
     OPERATOR_ARGS,
@@ -44,9 +53,12 @@ from modelplane_testkit.operator_harness import (  # noqa: E402
     start_emulator,
     write_kubeconfig,
 )
+from modelplane_testkit.real_cluster import RealCluster  # noqa: E402
 from modelplane_testkit.runtime_server import free_port  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "operator_scale.json"
+REAL_RESULTS = REPO / "bench" / "results" / "operator_scale_real.json"
+OPERATOR_AGENTS = ("kopf/", "OpenAPI-Generator/")  # kopf's aiohttp, the kubernetes client
 NAMESPACE = "bench"
 TIMEOUT = 300.0
 
@@ -79,9 +91,22 @@ def _kind(mutation: Mutation) -> str:
     return f"{mutation.method} other"
 
 
+def _audit_kind(event: dict[str, Any]) -> str:
+    ref = event.get("objectRef", {})
+    if ref.get("subresource") == "status":
+        return "status write"
+    if ref.get("resource") == "events":
+        return "event"
+    if ref.get("resource") == "modeldeployments":
+        return "ModelDeployment metadata (kopf)"
+    if event.get("verb") == "patch":
+        return "child apply"
+    return f"{event.get('verb')} other"
+
+
 class Operator:
-    def __init__(self, url: str, folder: Path) -> None:
-        kubeconfig = write_kubeconfig(folder / "kubeconfig", url)
+    def __init__(self, url: str, folder: Path, kubeconfig: Path | None = None) -> None:
+        kubeconfig = kubeconfig or write_kubeconfig(folder / "kubeconfig", url)
         self.metrics = free_port()
         self.log = (folder / "operator.log").open("ab")
         self.process = subprocess.Popen(
@@ -132,6 +157,74 @@ def _wait(check: Any, what: str) -> None:
         if time.monotonic() > deadline:
             raise SystemExit(f"timed out waiting for {what}")
         time.sleep(0.25)
+
+
+def _operator_writes(server: ApiServer, since: int) -> list[dict[str, Any]]:
+    return [
+        e
+        for e in server.audit(since)
+        if e.get("verb") in MUTATING_VERBS
+        and str(e.get("userAgent", "")).startswith(OPERATOR_AGENTS)
+    ]
+
+
+def measure_real(count: int, assets: Path) -> dict[str, Any]:
+    """The same measurement against kube-apiserver (no controllers: the operator alone)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        plane = LocalControlPlane(assets, Path(tmp) / "plane", controllers=False)
+        server = plane.start()
+        try:
+            cluster = RealCluster(server)
+            server.kubectl("apply", "--server-side", "-f", str(REPO / "manifests" / "crds"))
+            server.kubectl(
+                "wait", "--for", "condition=established", "--timeout=60s",
+                "crd/modeldeployments.modelplane.io",
+            )  # fmt: skip
+            cluster.namespace(NAMESPACE)
+
+            def reconciled() -> bool:
+                items = cluster.list("modeldeployments", NAMESPACE)
+                done = sum(1 for md in items if md.get("status", {}).get("observedGeneration") == 1)
+                return done == count and len(cluster.list("services", NAMESPACE)) == count
+
+            operator = Operator(server.server, Path(tmp), server.kubeconfig)
+            try:
+                _wait(lambda: operator.rss() > 0 and operator.reconciles("changed") >= 0, "start")
+                time.sleep(3)
+                baseline_rss = operator.rss()
+                mark = server.audit_mark()
+                start = time.perf_counter()
+                for index in range(count):
+                    cluster.create("modeldeployments", _model_deployment(index))
+                _wait(reconciled, "all reconciled")
+                elapsed = time.perf_counter() - start
+                time.sleep(3)
+                writes = _operator_writes(server, mark)
+                rss = operator.rss()
+            finally:
+                operator.stop()
+            mark = server.audit_mark()
+            restarted = Operator(server.server, Path(tmp), server.kubeconfig)
+            try:
+                _wait(lambda: restarted.reconciles("unchanged") >= count, "the resume reconciles")
+                time.sleep(2)
+            finally:
+                restarted.stop()
+            restart_writes = len(_operator_writes(server, mark))
+        finally:
+            plane.stop()
+    by_kind = Counter(_audit_kind(e) for e in writes)
+    return {
+        "model_deployments": count,
+        "seconds_to_reconcile_all": round(elapsed, 2),
+        "writes_per_model_deployment": round(len(writes) / count, 2),
+        "writes_by_kind_per_model_deployment": {
+            k: round(v / count, 2) for k, v in sorted(by_kind.items())
+        },
+        "writes_on_restart": restart_writes,
+        "operator_rss_mib": round(rss / 2**20, 1),
+        "operator_rss_baseline_mib": round(baseline_rss / 2**20, 1),
+    }
 
 
 def measure(count: int) -> dict[str, Any]:
@@ -196,17 +289,30 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--counts", default="10,100,500")
     parser.add_argument(
+        "--target",
+        choices=("emulator", "real"),
+        default="emulator",
+        help="real: kube-apiserver from the envtest binaries (make e2e explains where)",
+    )
+    parser.add_argument(
         "--rounds", type=int, default=3, help="fresh runs per N; the median is reported"
     )
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     counts = [int(n) for n in args.counts.split(",")]
+    run = measure
+    results = RESULTS
+    if args.target == "real":
+        assets = find_assets()
+        if assets is None:
+            parser.error("--target real needs the envtest binaries (see `make e2e`)")
+        run, results = (lambda n: measure_real(n, assets)), REAL_RESULTS
     # Rounds interleave the counts, so slow spells on a shared machine spread over all N.
     rounds: dict[int, list[dict[str, Any]]] = {n: [] for n in counts}
     for _ in range(args.rounds):
         for n in counts:
-            rounds[n].append(measure(n))
+            rounds[n].append(run(n))
     rows = [median_of(rounds[n]) for n in counts]
     first, last = rows[0], rows[-1]
     growth = (
@@ -229,10 +335,11 @@ def main() -> int:
     for kind, value in last["writes_by_kind_per_model_deployment"].items():
         print(f"    {kind:<34} {value}")
     print(f"memory growth: {growth:.1f} KiB per ModelDeployment")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(
         json.dumps(
             {
+                "target": args.target,
                 "machine": {
                     "cpus": os.cpu_count(),
                     "python": platform.python_version(),
@@ -245,7 +352,7 @@ def main() -> int:
         )
         + "\n"
     )
-    print(f"wrote {RESULTS.relative_to(REPO)}")
+    print(f"wrote {results.relative_to(REPO)}")
     return 0
 
 

@@ -173,6 +173,7 @@ class LocalControlPlane:
     assets: Path
     workdir: Path
     admission_plugins: tuple[str, ...] = ()
+    controllers: bool = True  # the controller manager and scheduler, when their binaries exist
     processes: list[_Process] = field(default_factory=list)
 
     def start(self) -> ApiServer:
@@ -223,7 +224,7 @@ class LocalControlPlane:
         )
         self._wait_ready(cluster)
         cluster.kubeconfig_for(cluster.kubeconfig, admin_token)
-        if (self.assets / "kube-controller-manager").exists():
+        if self.controllers and (self.assets / "kube-controller-manager").exists():
             self._run(
                 "kube-controller-manager",
                 "--kubeconfig", str(cluster.kubeconfig),
@@ -235,7 +236,7 @@ class LocalControlPlane:
                 "--concurrent-deployment-syncs", "5",
             )  # fmt: skip
             cluster.has_controllers = True
-        if (self.assets / "kube-scheduler").exists():
+        if self.controllers and (self.assets / "kube-scheduler").exists():
             self._run(
                 "kube-scheduler",
                 "--kubeconfig", str(cluster.kubeconfig),

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from modelplane_testkit import helm
-from modelplane_testkit.control_plane import ApiServer, KubectlError, control_plane
+from modelplane_testkit.control_plane import ApiServer, KubectlError
 from modelplane_testkit.crd_validation import load_crd, validate_against_crd
 from modelplane_testkit.real_cluster import ApiRefused, RealCluster
 from modelplane_testkit.structural_schema import structural_errors
@@ -160,13 +160,3 @@ def test_install_yaml_applies_server_side(fresh_server: ApiServer) -> None:
         "get", "ns", helm.INSTALL_NAMESPACE, "-o", "jsonpath={.metadata.labels}"
     )
     assert '"pod-security.kubernetes.io/enforce":"restricted"' in labels
-
-
-def test_control_plane_reports_missing_binaries(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Without binaries the harness says how to get them (the one line CI prints)."""
-    monkeypatch.delenv("MODELPLANE_E2E_KUBECONFIG", raising=False)
-    monkeypatch.setenv("KUBEBUILDER_ASSETS", str(tmp_path))
-    with pytest.raises(LookupError, match="KUBEBUILDER_ASSETS"), control_plane(tmp_path):
-        pass
