@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # torch==2.13.0 is a CPU wheel; an unpinned torch pulls a multi-GB CUDA build.
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
-CODE := $(wildcard operator runtime tests bench)
+CODE := $(wildcard api operator runtime tests bench)
 
 .PHONY: demo test lint typecheck unit crd manifests golden bench bench-operator bench-operator-real clean e2e
 
@@ -32,7 +32,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check $(CODE)
 
 typecheck: $(STAMP)
-	$(BIN)/mypy operator/modelplane_operator runtime/modelplane_runtime tests
+	$(BIN)/mypy api/modelplane_api operator/modelplane_operator runtime/modelplane_runtime tests
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest

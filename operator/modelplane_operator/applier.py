@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from modelplane_operator import names
+from modelplane_api import names
+from modelplane_operator.kinds import BY_KIND, FieldPath
 from modelplane_operator.kube import ApiError, KubeApi
 
 Obj = dict[str, Any]
@@ -49,12 +50,6 @@ class ChildResult:
 
 
 LiveLookup = Callable[[str, str, str], "Obj | None"]
-FieldPath = tuple[str, ...]
-
-# Fields that stay when the operator stops rendering them, because a controller takes
-# them over: the HPA scales a Deployment through /scale, but does not write while the
-# count is already within its bounds, so it may never take the field by itself.
-HANDED_OVER: dict[str, tuple[FieldPath, ...]] = {"Deployment": (("spec", "replicas"),)}
 
 
 def is_controlled_by(obj: Mapping[str, Any], owner_uid: str) -> bool:
@@ -99,7 +94,7 @@ def apply_children(
             results.append(ChildResult(obj["kind"], name, Outcome.UNCHANGED, found))
             continue
         if found is not None:
-            _hand_over(api, found, dropped & set(HANDED_OVER.get(obj["kind"], ())))
+            _hand_over(api, found, dropped & set(BY_KIND[obj["kind"]].handed_over))
         applied = api.apply(obj)
         outcome = Outcome.CREATED if found is None else Outcome.UPDATED
         log.info("%s %s/%s %s", obj["kind"], obj["metadata"]["namespace"], name, outcome.value)

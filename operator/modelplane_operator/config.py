@@ -7,9 +7,6 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# The runtime images run as this user; the Dockerfiles create it with the same id.
-RUNTIME_UID = 10001
-
 
 class OperatorConfig(BaseSettings):
     model_config = SettingsConfigDict(
@@ -29,16 +26,12 @@ class OperatorConfig(BaseSettings):
     model_volume_size_limit: str | None = Field(
         default=None, description="sizeLimit of the emptyDir a fetched model lands in."
     )
-    watch_namespaces: str = Field(
-        default="", description="Comma-separated namespaces to watch; empty watches all."
-    )
     log_format: Literal["text", "json"] = "text"
     conflict_retry_seconds: float = Field(
         default=30.0, gt=0, description="How often to re-check a child in the way."
     )
+    retry_cap_seconds: float = Field(
+        default=300.0, gt=0, description="Longest wait between retries of a failing reconcile."
+    )
     metrics_port: int = Field(default=9090, ge=0, le=65535, description="0 turns it off.")
     metrics_address: str = "0.0.0.0"  # noqa: S104 - the pod's network namespace
-
-    def watches(self, namespace: str) -> bool:
-        wanted = {n.strip() for n in self.watch_namespaces.split(",") if n.strip()}
-        return not wanted or namespace in wanted

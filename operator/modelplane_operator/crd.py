@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from modelplane_operator import names
-from modelplane_operator.spec import (
+from modelplane_api import names
+from modelplane_api.spec import (
     NAME_PATTERN,
     ModelDeploymentSpec,
     ModelDeploymentStatus,
@@ -152,7 +152,7 @@ def build_crd() -> dict[str, Any]:
 
 
 def main() -> None:
-    sys.stdout.write("# Generated from modelplane_operator/spec.py by `make crd`. Do not edit.\n")
+    sys.stdout.write("# Generated from api/modelplane_api/spec.py by `make crd`. Do not edit.\n")
     sys.stdout.write(dump(build_crd()))
 
 

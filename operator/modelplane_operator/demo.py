@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from modelplane_operator.cli import load_model_deployments
+from modelplane_api.loader import load_model_deployments
 from modelplane_operator.config import OperatorConfig
 from modelplane_operator.render import render_children, service_url
 from modelplane_operator.yaml_text import dump_all

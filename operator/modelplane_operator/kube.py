@@ -9,42 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from modelplane_operator import names
+from modelplane_api import names
+from modelplane_operator.kinds import BY_KIND, MODEL_DEPLOYMENT
 
 Obj = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Kind:
-    api_version: str
-    kind: str
-    plural: str
-
-    @property
-    def group_version_path(self) -> str:
-        return "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
-
-    def path(self, namespace: str, name: str | None = None) -> str:
-        path = f"{self.group_version_path}/namespaces/{quote(namespace)}/{self.plural}"
-        return f"{path}/{quote(name)}" if name else path
-
-
-KINDS: dict[str, Kind] = {
-    "Deployment": Kind("apps/v1", "Deployment", "deployments"),
-    "Service": Kind("v1", "Service", "services"),
-    "HorizontalPodAutoscaler": Kind(
-        "autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"
-    ),
-    "PodDisruptionBudget": Kind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
-    names.KIND: Kind(names.API_VERSION, names.KIND, names.PLURAL),
-}
 
 
 class ApiError(Exception):
@@ -111,7 +84,7 @@ class KubeApi:
 
     def serves(self, kind: str) -> bool:
         """Whether the API server knows this kind yet (discovery: no RBAC rule needed)."""
-        wanted = KINDS[kind]
+        wanted = BY_KIND[kind]
         try:
             listing = self._call("GET", wanted.group_version_path) or {}
         except ApiError as exc:
@@ -122,7 +95,7 @@ class KubeApi:
 
     def get(self, kind: str, namespace: str, name: str) -> Obj | None:
         try:
-            return self._call("GET", KINDS[kind].path(namespace, name))
+            return self._call("GET", BY_KIND[kind].path(namespace, name))
         except ApiError as exc:
             if exc.status == 404:
                 return None
@@ -131,7 +104,7 @@ class KubeApi:
     def apply(self, obj: Obj, *, manager: str | None = None, force: bool = True) -> Obj:
         """Server-side apply, by default under the operator's field manager, forced
         (it takes over fields other managers changed: drift is repaired)."""
-        kind = KINDS[obj["kind"]]
+        kind = BY_KIND[obj["kind"]]
         result = self._call(
             "PATCH",
             kind.path(obj["metadata"]["namespace"], obj["metadata"]["name"]),
@@ -149,7 +122,7 @@ class KubeApi:
         try:
             self._call(
                 "DELETE",
-                KINDS[kind].path(namespace, name),
+                BY_KIND[kind].path(namespace, name),
                 body={"propagationPolicy": "Background"},
             )
         except ApiError as exc:
@@ -159,7 +132,7 @@ class KubeApi:
         return True
 
     def patch_status(self, namespace: str, name: str, status: Obj) -> None:
-        path = KINDS[names.KIND].path(namespace, name) + "/status"
+        path = MODEL_DEPLOYMENT.path(namespace, name) + "/status"
         self._call(
             "PATCH", path, body={"status": status}, content_type="application/merge-patch+json"
         )

@@ -18,19 +18,19 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from modelplane_operator import names
+from modelplane_api import names
+from modelplane_api.spec import InvalidSpecError, ModelStatus, parse_model_deployment
+from modelplane_operator import kinds
 from modelplane_operator.applier import ChildResult, LiveLookup, Outcome, apply_children
 from modelplane_operator.config import OperatorConfig
 from modelplane_operator.kube import ApiError, KubeApi
 from modelplane_operator.metrics import RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES
 from modelplane_operator.render import render_children, service_url
-from modelplane_operator.spec import InvalidSpecError, ModelStatus, parse_model_deployment
 from modelplane_operator.status import Problem, compute_status
 
 Obj = dict[str, Any]
 log = logging.getLogger("modelplane.operator")
 
-OPTIONAL_KINDS = ("HorizontalPodAutoscaler", "PodDisruptionBudget")
 FORBIDDEN_RETRY_SECONDS = 10.0
 
 
@@ -171,9 +171,9 @@ def _reconcile(
         child["metadata"]["ownerReferences"] = [owner_reference(body)]
     present = {obj["kind"] for obj in desired}
     unwanted = [
-        (kind, namespace, names.child_name(name, kind))
-        for kind in OPTIONAL_KINDS
-        if kind not in present
+        (kind.kind, namespace, name)
+        for kind in kinds.CHILDREN
+        if kind.optional and kind.kind not in present
     ]
     url = service_url(md, config)
     model = ModelStatus(uri=md.spec.model.uri, sha256=md.spec.model.sha256)

@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from modelplane_operator import names
-from modelplane_operator.spec import Condition, ModelDeploymentStatus, ModelStatus
+from modelplane_api import names
+from modelplane_api.spec import Condition, ModelDeploymentStatus, ModelStatus
 
 Obj = Mapping[str, Any]
 

@@ -1,24 +1,20 @@
 """``python -m modelplane_runtime``: serve, fetch and export.
 
-The same commands are reachable as ``modelplane serve|fetch|export``.
+The same commands are reachable as ``modelplane serve|fetch|export`` (see
+modelplane_api.cli, which also owns the usage-error convention).
 In a pod, ``serve`` with no arguments reads every setting from MODELPLANE_*.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
 
-from modelplane_runtime.errors import UsageError
-from modelplane_runtime.settings import RuntimeSettings
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message} (see --help)")
+from modelplane_api import facts
+from modelplane_api.cli import CommandFailed, Parser, run
+from modelplane_api.settings import RuntimeSettings
+from modelplane_runtime.errors import ServingError
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -61,19 +57,19 @@ def add_commands(commands: argparse._SubParsersAction[Parser]) -> None:
     source.add_argument("-f", "--file", help="a ModelDeployment YAML to serve locally")
     serve.add_argument("--name", help="model name in URLs (default: file stem or metadata.name)")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--port", type=int, default=facts.HTTP_PORT)
     serve.add_argument(
         "--allow-cpu-fallback",
         action="store_true",
         help="serve a GPU ModelDeployment on this machine's CPU",
     )
-    serve.set_defaults(handler=_serve)
+    serve.set_defaults(handler=_failing_as_commands(_serve))
 
     fetch = commands.add_parser("fetch", help="copy a model URI to a local file, atomically")
     fetch.add_argument("uri", help="file://, http(s)://, s3:// or gs:// URI")
     fetch.add_argument("destination", help="local path to write")
     fetch.add_argument("--sha256", help="expected sha256; a mismatch writes nothing")
-    fetch.set_defaults(handler=_fetch)
+    fetch.set_defaults(handler=_failing_as_commands(_fetch))
 
     export = commands.add_parser(
         "export", help="export a torch module to ONNX and check it against torch"
@@ -88,31 +84,20 @@ def add_commands(commands: argparse._SubParsersAction[Parser]) -> None:
         "--tolerance", type=float, default=1e-4, help="largest accepted max-abs difference to torch"
     )
     export.add_argument("--opset", type=int, default=18)
-    export.set_defaults(handler=_export)
+    export.set_defaults(handler=_failing_as_commands(_export))
 
 
-def build_parser() -> Parser:
-    parser = Parser(prog="python -m modelplane_runtime", description=__doc__)
-    add_commands(parser.add_subparsers(dest="command", required=True, parser_class=Parser))
-    return parser
+def _failing_as_commands(handler: Callable[[argparse.Namespace], int]) -> Callable[..., int]:
+    """The runtime's own errors, at the command-line boundary: one line, exit status 1."""
 
+    def command(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except ServingError as exc:
+            raise CommandFailed(f"error: {exc}") from None
 
-def run(args: argparse.Namespace) -> int:
-    """Run a parsed command; expected failures become one line on stderr."""
-    from modelplane_runtime.errors import ServingError
-
-    try:
-        status: int = args.handler(args)
-    except (UsageError, ServingError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, UsageError) else 1
-    return status
+    return command
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except UsageError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    return run(args)
+    return run(argv, prog="python -m modelplane_runtime", registrars=[add_commands])

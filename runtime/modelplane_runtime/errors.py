@@ -31,9 +31,5 @@ class RequestTimeout(ServingError):
     status = 504
 
 
-class UsageError(Exception):
-    """Bad command-line input: one line on stderr, exit status 2."""
-
-
 class FetchError(ServingError):
     """The model could not be copied or did not verify: nothing was written."""

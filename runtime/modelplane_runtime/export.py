@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from modelplane_runtime.errors import UsageError
+from modelplane_api.cli import UsageError
 
 BATCH_SIZES = (1, 3)
 

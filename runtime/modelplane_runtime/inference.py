@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from modelplane_api.settings import RuntimeSettings
 from modelplane_runtime.batching import Batcher
 from modelplane_runtime.errors import ModelNotFound, NotReady, RequestTimeout
 from modelplane_runtime.metrics import RuntimeMetrics
 from modelplane_runtime.model import ModelLoadError, OnnxModel
 from modelplane_runtime.protocol import InferenceRequest
-from modelplane_runtime.settings import RuntimeSettings
 
 log = logging.getLogger("modelplane.runtime")
 

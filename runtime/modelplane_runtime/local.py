@@ -6,8 +6,9 @@ import hashlib
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from modelplane_runtime.errors import UsageError
-from modelplane_runtime.settings import RuntimeSettings
+from modelplane_api import facts
+from modelplane_api.cli import UsageError
+from modelplane_api.settings import RuntimeSettings
 
 CACHE = Path.home() / ".cache" / "modelplane" / "models"
 
@@ -43,10 +44,10 @@ def settings_for_local_serving(
 def _from_manifest(
     manifest: Path, name: str | None, host: str, port: int, allow_cpu_fallback: bool
 ) -> RuntimeSettings:
-    # The operator's own parser and renderer: a local run gets exactly the pod's settings.
-    from modelplane_operator.cli import load_model_deployments
-    from modelplane_operator.render import runtime_settings
-    from modelplane_operator.spec import InvalidSpecError
+    # The contract's parser and mapping: a local run gets exactly the pod's settings.
+    from modelplane_api.loader import load_model_deployments
+    from modelplane_api.settings import runtime_settings
+    from modelplane_api.spec import InvalidSpecError
 
     try:
         deployments = load_model_deployments(manifest)
@@ -68,7 +69,7 @@ def _from_manifest(
     else:
         from modelplane_runtime.fetch import fetch
 
-        path = CACHE / hashlib.sha256(uri.encode()).hexdigest()[:16] / "model.onnx"
+        path = CACHE / hashlib.sha256(uri.encode()).hexdigest()[:16] / facts.FETCHED_MODEL_FILE
         if not path.is_file():
             fetch(uri, path, sha256=md.spec.model.sha256)
     pod_settings = runtime_settings(md)

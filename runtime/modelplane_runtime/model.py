@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from modelplane_api.facts import GPU_PROVIDERS
+from modelplane_api.settings import RuntimeSettings
 from modelplane_runtime.errors import BadRequest, ServingError
 from modelplane_runtime.protocol import DATATYPES, ONNX_TYPES, RequestInput, tensor_from_wire
-from modelplane_runtime.settings import GPU_PROVIDERS, RuntimeSettings
 
 log = logging.getLogger("modelplane.runtime")
 

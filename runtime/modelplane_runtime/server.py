@@ -20,8 +20,8 @@ from typing import Any, cast
 import uvicorn
 from starlette.middleware import Middleware
 
+from modelplane_api.settings import RuntimeSettings
 from modelplane_runtime.middleware import lean
-from modelplane_runtime.settings import RuntimeSettings
 
 log = logging.getLogger("modelplane.runtime")
 

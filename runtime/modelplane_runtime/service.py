@@ -31,6 +31,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from modelplane_api.settings import RuntimeSettings
 from modelplane_runtime import __version__
 from modelplane_runtime.errors import (
     BadRequest,
@@ -47,7 +48,6 @@ from modelplane_runtime.protocol import (
     encode_response,
     split_binary_body,
 )
-from modelplane_runtime.settings import RuntimeSettings
 
 log = logging.getLogger("modelplane.runtime")
 SETTINGS = RuntimeSettings()

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from modelplane_operator.config import RUNTIME_UID
-from modelplane_operator.render.children import CONTAINER_PORT, RUNTIME_COMMAND, SCRATCH_VOLUMES
+from modelplane_api.facts import HTTP_PORT as CONTAINER_PORT
+from modelplane_api.facts import RUNTIME_COMMAND, RUNTIME_UID
+from modelplane_api.facts import SCRATCH_DIRS as SCRATCH_VOLUMES
 from modelplane_testkit import helm
 from modelplane_testkit.onnx_models import relu_and_double
 from modelplane_testkit.operator_harness import OPERATOR_ARGS

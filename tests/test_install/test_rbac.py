@@ -95,10 +95,6 @@ def test_namespaced_operator_stays_in_its_namespaces(
     objects = helm.template({"operator": {"watchNamespaces": ["models"]}})
     (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    env = {e["name"]: e["value"] for e in container["env"]}
-    monkeypatch.setenv(
-        "MODELPLANE_OPERATOR_WATCH_NAMESPACES", env["MODELPLANE_OPERATOR_WATCH_NAMESPACES"]
-    )
     args = [a for a in container["args"] if not a.startswith("--liveness")]
     (role_rules,) = _rules(objects, "Role")
     start = len(ACCESS_LOG)

@@ -4,7 +4,7 @@ from typing import Any
 
 import yaml
 
-from modelplane_operator import names
+from modelplane_api import names
 from modelplane_operator.crd import CRD_PATH, build_crd
 from modelplane_operator.yaml_text import dump
 from modelplane_testkit.crd_validation import CRD_FILE, REPO, load_crd

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from modelplane_testkit.operator_harness import (
+    OPERATOR_ARGS,
     Cluster,
     condition,
     running_operator,
@@ -21,8 +22,9 @@ from test_operator.samples import minimal
 def test_only_watched_namespaces_are_served(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("MODELPLANE_OPERATOR_WATCH_NAMESPACES", "models, staging")
-    with start_emulator() as emulator, running_operator(tmp_path, monkeypatch, emulator):
+    args = [*OPERATOR_ARGS[:-1], "--namespace=models", "--namespace=staging"]
+    assert OPERATOR_ARGS[-1] == "--all-namespaces"
+    with start_emulator() as emulator, running_operator(tmp_path, monkeypatch, emulator, args):
         cluster = Cluster(emulator)
         for namespace in ("models", "elsewhere"):
             md: dict[str, Any] = minimal()

@@ -9,10 +9,10 @@ from unittest import mock
 
 import pytest
 
+from modelplane_api.settings import RuntimeSettings, runtime_settings
+from modelplane_api.spec import parse_model_deployment
 from modelplane_operator.config import OperatorConfig
-from modelplane_operator.render import render_children, runtime_settings, service_url
-from modelplane_operator.spec import parse_model_deployment
-from modelplane_runtime.settings import RuntimeSettings
+from modelplane_operator.render import render_children, service_url
 from test_operator.samples import minimal
 
 CONFIG = OperatorConfig.model_construct()

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from modelplane_api.spec import parse_model_deployment
 from modelplane_operator.config import OperatorConfig
 from modelplane_operator.render import render_children
-from modelplane_operator.spec import parse_model_deployment
 from modelplane_operator.yaml_text import dump_all
 from test_operator.samples import SAMPLE_FILES, load_sample
 

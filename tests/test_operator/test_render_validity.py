@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from modelplane_api.spec import parse_model_deployment
 from modelplane_operator.config import OperatorConfig
 from modelplane_operator.render import render_children
-from modelplane_operator.spec import parse_model_deployment
 from modelplane_testkit.kube_validation import problems_in
 from modelplane_testkit.pod_security import restricted_violations
 from test_operator.samples import SAMPLE_FILES, load_sample

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from modelplane_operator.spec import InvalidSpecError, parse_model_deployment
+from modelplane_api.spec import InvalidSpecError, parse_model_deployment
 from modelplane_testkit.crd_validation import apply_defaults, crd_schema, validate_against_crd
 from test_operator.samples import SAMPLE_FILES, load_sample, minimal
 

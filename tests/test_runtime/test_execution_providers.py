@@ -12,13 +12,13 @@ from typing import Any
 import onnxruntime as ort
 import pytest
 
+from modelplane_api.settings import RuntimeSettings
 from modelplane_runtime.model import (
     ModelLoadError,
     OnnxModel,
     check_provider_in_use,
     choose_providers,
 )
-from modelplane_runtime.settings import RuntimeSettings
 from modelplane_testkit.runtime_server import RuntimeServer
 
 CPU = "CPUExecutionProvider"

@@ -7,73 +7,36 @@ operator at apply time (they need the live object's uid).
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from modelplane_operator import names
-from modelplane_operator.config import RUNTIME_UID, OperatorConfig
-from modelplane_operator.spec import ModelDeployment
-from modelplane_runtime.settings import RuntimeSettings
+from modelplane_api import facts, names
+from modelplane_api.facts import LIVE_PATH, MODEL_DIR, READY_PATH, RUNTIME_UID
+from modelplane_api.settings import model_location, runtime_settings
+from modelplane_api.spec import ModelDeployment
+from modelplane_operator import kinds
+from modelplane_operator.config import OperatorConfig
+from modelplane_operator.kinds import Kind
 
 Obj = dict[str, Any]
 
-CHILD_KINDS: tuple[tuple[str, str], ...] = (
-    ("apps/v1", "Deployment"),
-    ("v1", "Service"),
-    ("autoscaling/v2", "HorizontalPodAutoscaler"),
-    ("policy/v1", "PodDisruptionBudget"),
-)
 
-MODEL_DIR = "/mnt/models"
-FETCHED_MODEL_FILE = "model.onnx"
-CONTAINER_PORT = 8080
-LIVE_PATH = "/v2/health/live"
-READY_PATH = "/v2/health/ready"
-RUNTIME_COMMAND = ("python", "-m", "modelplane_runtime")
-SCRATCH_VOLUMES = (("tmp", "/tmp"), ("cache", "/home/modelplane/.cache"))  # noqa: S108
-
-
-def _metadata(md: ModelDeployment, kind: str) -> Obj:
+def _header(md: ModelDeployment, kind: Kind) -> Obj:
+    """apiVersion, kind and metadata: every child is named after its ModelDeployment."""
     return {
-        "name": names.child_name(md.name, kind),
-        "namespace": md.namespace,
-        "labels": names.common_labels(md.name),
+        "apiVersion": kind.api_version,
+        "kind": kind.kind,
+        "metadata": _metadata(md),
     }
 
 
-def _model_location(md: ModelDeployment) -> tuple[str, str]:
-    """(how the model reaches the pod, path the runtime loads): fetch, pvc or image."""
-    uri = urlsplit(md.spec.model.uri)
-    if uri.scheme == "file":
-        return "image", uri.path
-    if uri.scheme == "pvc":
-        return "pvc", str(PurePosixPath(MODEL_DIR) / uri.path.lstrip("/"))
-    return "fetch", f"{MODEL_DIR}/{FETCHED_MODEL_FILE}"
-
-
-def runtime_settings(md: ModelDeployment) -> RuntimeSettings:
-    """The runtime's settings for this ModelDeployment; rendered as the pod's environment."""
-    spec = md.spec
-    source, model_path = _model_location(md)
-    return RuntimeSettings(
-        model_name=md.name,
-        model_path=model_path,
-        # A fetched model is verified by the init container; others by the runtime.
-        model_sha256=spec.model.sha256 if source != "fetch" else None,
-        execution_providers=spec.execution_providers(),
-        allow_cpu_fallback=spec.runtime.allow_cpu_fallback,
-        intra_op_threads=spec.runtime.threads.intra_op,
-        inter_op_threads=spec.runtime.threads.inter_op,
-        graph_optimization_level=spec.runtime.graph_optimization_level,
-        max_batch_size=spec.runtime.batching.max_batch_size,
-        max_latency_ms=spec.runtime.batching.max_latency_ms,
-        warmup_iterations=spec.runtime.warmup.iterations,
-        host="0.0.0.0",  # noqa: S104 - the pod's network namespace
-        port=CONTAINER_PORT,
-        request_timeout_seconds=spec.runtime.request_timeout_seconds,
-        max_request_bytes=spec.runtime.max_request_bytes,
-    )
+def _metadata(md: ModelDeployment) -> Obj:
+    return {
+        "name": md.name,
+        "namespace": md.namespace,
+        "labels": names.common_labels(md.name),
+    }
 
 
 def _resources(md: ModelDeployment, config: OperatorConfig, *, with_gpu: bool) -> Obj:
@@ -122,8 +85,8 @@ def _probe(path: str, *, period: int, failures: int) -> Obj:
 
 def _runtime_container(md: ModelDeployment, config: OperatorConfig) -> Obj:
     settings = runtime_settings(md)
-    source, _ = _model_location(md)
-    mounts: list[Obj] = [{"name": vol, "mountPath": path} for vol, path in SCRATCH_VOLUMES]
+    source, _ = model_location(md)
+    mounts: list[Obj] = [{"name": vol, "mountPath": path} for vol, path in facts.SCRATCH_DIRS]
     if source != "image":
         mounts.insert(0, {"name": "model", "mountPath": MODEL_DIR, "readOnly": True})
     startup_period = 5
@@ -131,9 +94,9 @@ def _runtime_container(md: ModelDeployment, config: OperatorConfig) -> Obj:
         "name": names.RUNTIME_CONTAINER,
         "image": _image(md, config),
         "imagePullPolicy": config.image_pull_policy,
-        "command": [*RUNTIME_COMMAND, "serve"],
+        "command": [*facts.RUNTIME_COMMAND, "serve"],
         "ports": [
-            {"name": names.HTTP_PORT_NAME, "containerPort": CONTAINER_PORT, "protocol": "TCP"}
+            {"name": names.HTTP_PORT_NAME, "containerPort": facts.HTTP_PORT, "protocol": "TCP"}
         ],
         "env": [{"name": key, "value": value} for key, value in settings.to_env().items()],
         "resources": _resources(md, config, with_gpu=True),
@@ -154,7 +117,12 @@ def _runtime_container(md: ModelDeployment, config: OperatorConfig) -> Obj:
 
 def _fetch_container(md: ModelDeployment, config: OperatorConfig) -> Obj:
     model = md.spec.model
-    command = [*RUNTIME_COMMAND, "fetch", model.uri, f"{MODEL_DIR}/{FETCHED_MODEL_FILE}"]
+    command = [
+        *facts.RUNTIME_COMMAND,
+        "fetch",
+        model.uri,
+        f"{MODEL_DIR}/{facts.FETCHED_MODEL_FILE}",
+    ]
     if model.sha256:
         command += ["--sha256", model.sha256]
     container: Obj = {
@@ -166,7 +134,7 @@ def _fetch_container(md: ModelDeployment, config: OperatorConfig) -> Obj:
         "securityContext": _container_security(),
         "volumeMounts": [
             {"name": "model", "mountPath": MODEL_DIR},
-            *({"name": vol, "mountPath": path} for vol, path in SCRATCH_VOLUMES),
+            *({"name": vol, "mountPath": path} for vol, path in facts.SCRATCH_DIRS),
         ],
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
@@ -177,7 +145,7 @@ def _fetch_container(md: ModelDeployment, config: OperatorConfig) -> Obj:
 
 
 def _volumes(md: ModelDeployment, config: OperatorConfig) -> list[Obj]:
-    source, _ = _model_location(md)
+    source, _ = model_location(md)
     volumes: list[Obj] = []
     if source == "fetch":
         empty: Obj = (
@@ -191,7 +159,7 @@ def _volumes(md: ModelDeployment, config: OperatorConfig) -> list[Obj]:
         volumes.append(
             {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
         )
-    volumes += [{"name": vol, "emptyDir": {}} for vol, _ in SCRATCH_VOLUMES]
+    volumes += [{"name": vol, "emptyDir": {}} for vol, _ in facts.SCRATCH_DIRS]
     return volumes
 
 
@@ -210,7 +178,7 @@ def _tolerations(md: ModelDeployment) -> list[Obj]:
 def _pod_spec(md: ModelDeployment, config: OperatorConfig) -> Obj:
     spec = md.spec
     scheduling = spec.scheduling
-    source, _ = _model_location(md)
+    source, _ = model_location(md)
     pod: Obj = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
@@ -265,27 +233,19 @@ def render_deployment(md: ModelDeployment, config: OperatorConfig) -> Obj:
                 "labels": names.common_labels(md.name),
                 "annotations": {
                     "prometheus.io/scrape": "true",
-                    "prometheus.io/port": str(CONTAINER_PORT),
+                    "prometheus.io/port": str(facts.HTTP_PORT),
                     "prometheus.io/path": "/metrics",
                 },
             },
             "spec": _pod_spec(md, config),
         },
     }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": _metadata(md, "Deployment"),
-        "spec": deployment_spec,
-    }
+    return {**_header(md, kinds.DEPLOYMENT), "spec": deployment_spec}
 
 
 def render_service(md: ModelDeployment, config: OperatorConfig) -> Obj:
-    del config
     return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": _metadata(md, "Service"),
+        **_header(md, kinds.SERVICE),
         "spec": {
             "type": "ClusterIP",
             "selector": names.selector_labels(md.name),
@@ -307,7 +267,7 @@ def _hpa_metric(metric: str, target: int) -> Obj:
         return {
             "type": "Pods",
             "pods": {
-                "metric": {"name": "modelplane_pending_requests"},
+                "metric": {"name": facts.PENDING_REQUESTS_METRIC},
                 "target": {"type": "AverageValue", "averageValue": str(target)},
             },
         }
@@ -321,19 +281,16 @@ def _hpa_metric(metric: str, target: int) -> Obj:
 
 
 def render_hpa(md: ModelDeployment, config: OperatorConfig) -> Obj | None:
-    del config
     scaling = md.spec.autoscaling
     if scaling is None:
         return None
     return {
-        "apiVersion": "autoscaling/v2",
-        "kind": "HorizontalPodAutoscaler",
-        "metadata": _metadata(md, "HorizontalPodAutoscaler"),
+        **_header(md, kinds.HPA),
         "spec": {
             "scaleTargetRef": {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "name": names.child_name(md.name, "Deployment"),
+                "apiVersion": kinds.DEPLOYMENT.api_version,
+                "kind": kinds.DEPLOYMENT.kind,
+                "name": md.name,
             },
             "minReplicas": scaling.min_replicas,
             "maxReplicas": scaling.max_replicas,
@@ -349,13 +306,10 @@ def guaranteed_replicas(md: ModelDeployment) -> int:
 
 def render_pdb(md: ModelDeployment, config: OperatorConfig) -> Obj | None:
     """Only with at least 2 replicas guaranteed: a PDB on 1 replica blocks node drains."""
-    del config
     if guaranteed_replicas(md) < 2:
         return None
     return {
-        "apiVersion": "policy/v1",
-        "kind": "PodDisruptionBudget",
-        "metadata": _metadata(md, "PodDisruptionBudget"),
+        **_header(md, kinds.PDB),
         "spec": {
             "maxUnavailable": 1,
             "selector": {"matchLabels": names.selector_labels(md.name)},
@@ -363,18 +317,26 @@ def render_pdb(md: ModelDeployment, config: OperatorConfig) -> Obj | None:
     }
 
 
+Renderer = Callable[[ModelDeployment, OperatorConfig], "Obj | None"]
+# One renderer per registered child kind (a test holds the two together).
+RENDERERS: dict[Kind, Renderer] = {
+    kinds.DEPLOYMENT: render_deployment,
+    kinds.SERVICE: render_service,
+    kinds.HPA: render_hpa,
+    kinds.PDB: render_pdb,
+}
+
+
 def render_children(md: ModelDeployment, config: OperatorConfig) -> list[Obj]:
-    """Every object the operator applies for this ModelDeployment, in apply order."""
-    rendered = (
-        render_deployment(md, config),
-        render_service(md, config),
-        render_hpa(md, config),
-        render_pdb(md, config),
-    )
+    """Every object the operator applies for this ModelDeployment, in apply order.
+
+    The renderers all take the operator config, used or not, so that the registry
+    can call them alike.
+    """
+    rendered = (RENDERERS[kind](md, config) for kind in kinds.CHILDREN)
     return [obj for obj in rendered if obj is not None]
 
 
 def service_url(md: ModelDeployment, config: OperatorConfig) -> str:
     """The in-cluster OIP base URL."""
-    service = names.child_name(md.name, "Service")
-    return f"http://{service}.{md.namespace}.svc.{config.cluster_domain}"
+    return f"http://{md.name}.{md.namespace}.svc.{config.cluster_domain}"

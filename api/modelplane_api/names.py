@@ -1,4 +1,4 @@
-"""Every name, label key and annotation key the operator writes, in one place."""
+"""Every name, label key and annotation key modelplane writes, in one place."""
 
 from __future__ import annotations
 
@@ -31,19 +31,9 @@ COMPONENT = "model-server"
 MANAGED_BY = "modelplane-operator"
 PART_OF = "modelplane"
 
-# Children share the ModelDeployment's name (kinds differ), so the longest
-# child name is the ModelDeployment's own: a DNS-1035 label, as a Service needs.
-CHILD_NAME_SUFFIXES: dict[str, str] = {
-    "Deployment": "",
-    "Service": "",
-    "HorizontalPodAutoscaler": "",
-    "PodDisruptionBudget": "",
-}
-MAX_NAME_LENGTH = 63 - max(len(s) for s in CHILD_NAME_SUFFIXES.values())
-
-
-def child_name(model_deployment_name: str, kind: str) -> str:
-    return model_deployment_name + CHILD_NAME_SUFFIXES[kind]
+# Every child is named after its ModelDeployment (kinds differ), so the longest child
+# name is the ModelDeployment's own: a DNS-1035 label, as a Service needs.
+MAX_NAME_LENGTH = 63
 
 
 def selector_labels(model_deployment_name: str) -> dict[str, str]:

@@ -30,10 +30,9 @@ from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError
 
-from modelplane_operator.names import API_VERSION, KIND, MAX_NAME_LENGTH
-
-# The runtime's own list: the spec accepts exactly the providers the runtime reads.
-from modelplane_runtime.settings import GPU_PROVIDERS, ExecutionProvider
+from modelplane_api import facts
+from modelplane_api.facts import GPU_PROVIDERS, SHA256_PATTERN, URI_SCHEMES, ExecutionProvider
+from modelplane_api.names import API_VERSION, KIND, MAX_NAME_LENGTH
 
 # Kubernetes resource.Quantity, without a sign: negative amounts make no sense here.
 QUANTITY_PATTERN = (
@@ -41,10 +40,8 @@ QUANTITY_PATTERN = (
     r"(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
 PERCENT_OR_INT_PATTERN = r"^(100|[1-9]?[0-9])%$"
-URI_SCHEMES = ("s3", "gs", "http", "https", "pvc", "file")
 NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 RESOURCE_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[a-zA-Z0-9]([-_.a-zA-Z0-9]*[a-zA-Z0-9])?$"
-SHA256_PATTERN = r"^[0-9a-f]{64}$"
 # A DNS-1123 subdomain (Secret, ServiceAccount and PriorityClass names).
 SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 # A label key: an optional DNS subdomain prefix and '/', then a name of at most 63 characters.
@@ -329,13 +326,13 @@ class Threads(SpecModel):
     intra_op: int = Field(
         default=0,
         ge=0,
-        le=1024,
+        le=facts.THREADS_LIMIT,
         description="Threads inside one operator; 0 lets onnxruntime choose.",
     )
     inter_op: int = Field(
         default=0,
         ge=0,
-        le=1024,
+        le=facts.THREADS_LIMIT,
         description="Threads across independent operators; 0 lets onnxruntime choose.",
     )
 
@@ -344,15 +341,15 @@ class Batching(SpecModel):
     """Adaptive batching: concurrent requests are merged along the batch axis."""
 
     max_batch_size: int = Field(
-        default=32,
+        default=facts.MAX_BATCH_SIZE,
         ge=1,
-        le=4096,
+        le=facts.MAX_BATCH_SIZE_LIMIT,
         description="Most rows in one onnxruntime run; 1 turns batching off.",
     )
     max_latency_ms: int = Field(
-        default=5,
+        default=facts.MAX_LATENCY_MS,
         ge=0,
-        le=60000,
+        le=facts.MAX_LATENCY_MS_LIMIT,
         description="Longest a batch waits for requests already arriving, in milliseconds; "
         "a lone request never waits.",
     )
@@ -362,7 +359,10 @@ class Warmup(SpecModel):
     """Runs on generated inputs before the pod reports ready."""
 
     iterations: int = Field(
-        default=3, ge=0, le=1000, description="Warm-up runs at batch sizes 1 and maxBatchSize."
+        default=facts.WARMUP_ITERATIONS,
+        ge=0,
+        le=facts.WARMUP_ITERATIONS_LIMIT,
+        description="Warm-up runs at batch sizes 1 and maxBatchSize.",
     )
 
 
@@ -387,7 +387,7 @@ class RuntimeSpec(SpecModel):
         description="Serve on CPU when the GPU provider cannot load; otherwise such a pod "
         "never becomes ready.",
     )
-    graph_optimization_level: Literal["disabled", "basic", "extended", "all"] = Field(
+    graph_optimization_level: facts.GraphOptimizationLevel = Field(
         default="all", description="onnxruntime's graph optimisation level."
     )
     threads: Threads = Field(default_factory=Threads, description="onnxruntime's thread pools.")
@@ -396,16 +396,16 @@ class RuntimeSpec(SpecModel):
     )
     warmup: Warmup = Field(default_factory=Warmup, description="Warm-up before readiness.")
     request_timeout_seconds: int = Field(
-        default=60,
+        default=facts.REQUEST_TIMEOUT_SECONDS,
         ge=1,
-        le=3600,
+        le=facts.REQUEST_TIMEOUT_SECONDS_LIMIT,
         description="Longest one inference request may take before a 504; also bounds "
         "the drain at shutdown.",
     )
     max_request_bytes: int = Field(
-        default=64 * 1024 * 1024,
-        ge=1024,
-        le=2**31 - 1,
+        default=facts.MAX_REQUEST_BYTES,
+        ge=facts.MAX_REQUEST_BYTES_MIN,
+        le=facts.MAX_REQUEST_BYTES_LIMIT,
         description="Largest request body accepted; a larger one is answered 413.",
     )
 
@@ -662,8 +662,8 @@ class ModelDeploymentSpec(SpecModel):
         if self.runtime.execution_providers:
             return tuple(self.runtime.execution_providers)
         if self.resources.gpu.count > 0:
-            return ("CUDAExecutionProvider", "CPUExecutionProvider")
-        return ("CPUExecutionProvider",)
+            return ("CUDAExecutionProvider", facts.CPU_PROVIDER)
+        return (facts.CPU_PROVIDER,)
 
 
 # --- status -----------------------------------------------------------------

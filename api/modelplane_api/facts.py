@@ -1,0 +1,59 @@
+"""Every fact the operator and the runtime both rely on, stated once.
+
+The operator renders a pod from these and the runtime serves by them: a port
+the probes call, a metric the HPA scales on, the path a model is fetched to.
+Defaults and bounds of runtime settings live here too, so the spec, the
+settings and the CRD cannot disagree.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+# --- the runtime process --------------------------------------------------------------------
+
+RUNTIME_COMMAND = ("python", "-m", "modelplane_runtime")  # the images' ENTRYPOINT
+RUNTIME_UID = 10001  # the images' user; the pods run as it
+HTTP_PORT = 8080
+LIVE_PATH = "/v2/health/live"
+READY_PATH = "/v2/health/ready"
+METRICS_PATH = "/metrics"
+MODEL_VERSION = "1"  # the only version a runtime serves
+MODEL_DIR = "/mnt/models"
+FETCHED_MODEL_FILE = "model.onnx"
+SCRATCH_DIRS = (("tmp", "/tmp"), ("cache", "/home/modelplane/.cache"))  # noqa: S108
+
+# The autoscaling signal: the runtime's gauge, the HPA's Pods metric.
+PENDING_REQUESTS_METRIC = "modelplane_pending_requests"
+
+# --- the model ------------------------------------------------------------------------------
+
+URI_SCHEMES = ("s3", "gs", "http", "https", "pvc", "file")
+FETCH_SCHEMES = frozenset({"file", "http", "https", "s3", "gs"})  # what `fetch` copies
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+
+# --- onnxruntime ----------------------------------------------------------------------------
+
+ExecutionProvider = Literal[
+    "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
+]
+GPU_PROVIDERS: frozenset[str] = frozenset({"TensorrtExecutionProvider", "CUDAExecutionProvider"})
+CPU_PROVIDER: ExecutionProvider = "CPUExecutionProvider"
+GraphOptimizationLevel = Literal["disabled", "basic", "extended", "all"]
+
+# --- defaults and bounds of the runtime's settings ------------------------------------------
+
+MAX_BATCH_SIZE = 32
+MAX_BATCH_SIZE_LIMIT = 4096
+MAX_LATENCY_MS = 5
+MAX_LATENCY_MS_LIMIT = 60_000
+WARMUP_ITERATIONS = 3
+WARMUP_ITERATIONS_LIMIT = 1000
+THREADS_LIMIT = 1024
+REQUEST_TIMEOUT_SECONDS = 60
+REQUEST_TIMEOUT_SECONDS_LIMIT = 3600
+MAX_REQUEST_BYTES = 64 * 1024 * 1024
+MAX_REQUEST_BYTES_MIN = 1024
+MAX_REQUEST_BYTES_LIMIT = 2**31 - 1
+# Requests waiting for the compute lane, per unit of maxBatchSize (see the runtime's batcher).
+QUEUE_BATCHES = 8

@@ -1,0 +1,104 @@
+"""Runtime settings, read from ``MODELPLANE_*`` environment variables.
+
+This class is the contract between operator and runtime: the operator renders
+its pod environment with :meth:`RuntimeSettings.to_env` of
+:func:`runtime_settings`, so it can only ever render variables this class reads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from modelplane_api import facts
+from modelplane_api.facts import ExecutionProvider, GraphOptimizationLevel
+from modelplane_api.spec import ModelDeployment
+
+ENV_PREFIX = "MODELPLANE_"
+
+
+class RuntimeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    model_name: str = Field(default="model", min_length=1, max_length=253)
+    model_path: Path = Path(facts.MODEL_DIR) / facts.FETCHED_MODEL_FILE
+    model_sha256: str | None = Field(default=None, pattern=facts.SHA256_PATTERN)
+    execution_providers: Annotated[tuple[ExecutionProvider, ...], NoDecode] = (facts.CPU_PROVIDER,)
+    allow_cpu_fallback: bool = False
+    intra_op_threads: int = Field(default=0, ge=0, le=facts.THREADS_LIMIT)
+    inter_op_threads: int = Field(default=0, ge=0, le=facts.THREADS_LIMIT)
+    graph_optimization_level: GraphOptimizationLevel = "all"
+    max_batch_size: int = Field(default=facts.MAX_BATCH_SIZE, ge=1, le=facts.MAX_BATCH_SIZE_LIMIT)
+    max_latency_ms: int = Field(default=facts.MAX_LATENCY_MS, ge=0, le=facts.MAX_LATENCY_MS_LIMIT)
+    warmup_iterations: int = Field(
+        default=facts.WARMUP_ITERATIONS, ge=0, le=facts.WARMUP_ITERATIONS_LIMIT
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=facts.HTTP_PORT, ge=1, le=65535)
+    request_timeout_seconds: int = Field(
+        default=facts.REQUEST_TIMEOUT_SECONDS, ge=1, le=facts.REQUEST_TIMEOUT_SECONDS_LIMIT
+    )
+    max_request_bytes: int = Field(
+        default=facts.MAX_REQUEST_BYTES,
+        ge=facts.MAX_REQUEST_BYTES_MIN,
+        le=facts.MAX_REQUEST_BYTES_LIMIT,
+    )
+
+    @field_validator("execution_providers", mode="before")
+    @classmethod
+    def _split_providers(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(p.strip() for p in value.split(",") if p.strip())
+        return value
+
+    def to_env(self) -> dict[str, str]:
+        """Every set field as ``MODELPLANE_<FIELD>``, in field order."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump(exclude_none=True).items():
+            if isinstance(value, tuple):
+                text = ",".join(value)
+            elif isinstance(value, bool):
+                text = "true" if value else "false"
+            else:
+                text = str(value)
+            env[ENV_PREFIX + name.upper()] = text
+        return env
+
+
+def model_location(md: ModelDeployment) -> tuple[str, str]:
+    """(how the model reaches the pod, the path the runtime loads): fetch, pvc or image."""
+    uri = urlsplit(md.spec.model.uri)
+    if uri.scheme == "file":
+        return "image", uri.path
+    if uri.scheme == "pvc":
+        return "pvc", str(PurePosixPath(facts.MODEL_DIR) / uri.path.lstrip("/"))
+    return "fetch", f"{facts.MODEL_DIR}/{facts.FETCHED_MODEL_FILE}"
+
+
+def runtime_settings(md: ModelDeployment) -> RuntimeSettings:
+    """The runtime's settings for this ModelDeployment: the pod's environment, and what
+    `modelplane serve -f` uses on a laptop."""
+    spec = md.spec
+    source, model_path = model_location(md)
+    return RuntimeSettings(
+        model_name=md.name,
+        model_path=Path(model_path),
+        # A fetched model is verified by the init container; others by the runtime.
+        model_sha256=spec.model.sha256 if source != "fetch" else None,
+        execution_providers=spec.execution_providers(),
+        allow_cpu_fallback=spec.runtime.allow_cpu_fallback,
+        intra_op_threads=spec.runtime.threads.intra_op,
+        inter_op_threads=spec.runtime.threads.inter_op,
+        graph_optimization_level=spec.runtime.graph_optimization_level,
+        max_batch_size=spec.runtime.batching.max_batch_size,
+        max_latency_ms=spec.runtime.batching.max_latency_ms,
+        warmup_iterations=spec.runtime.warmup.iterations,
+        host="0.0.0.0",  # noqa: S104 - the pod's network namespace
+        port=facts.HTTP_PORT,
+        request_timeout_seconds=spec.runtime.request_timeout_seconds,
+        max_request_bytes=spec.runtime.max_request_bytes,
+    )

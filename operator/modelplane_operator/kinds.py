@@ -1,0 +1,78 @@
+"""The registry of kinds the operator reads and writes: one entry per kind.
+
+Each entry drives the kopf index and event handlers (handlers.py), the API
+paths (kube.py), the objects' apiVersion/kind headers and the apply order
+(render.py), which children are deleted when no longer rendered, which fields
+are handed over (applier.py), and the chart's RBAC rules are checked against it.
+Adding a child kind is one entry in CHILDREN plus its renderer in render.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from modelplane_api import names
+
+FieldPath = tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Kind:
+    group: str  # "" for the core group
+    version: str
+    kind: str
+    plural: str
+    index: str  # the kopf index id, and the name handlers receive it under
+    optional: bool = False  # rendered only for some specs; deleted when not
+    # Fields that stay when the operator stops rendering them, because a controller
+    # takes them over: the HPA scales a Deployment through /scale but does not write
+    # while the count is within its bounds, so it may never take the field by itself.
+    handed_over: tuple[FieldPath, ...] = ()
+    verbs: tuple[str, ...] = ("get", "list", "watch", "create", "patch")
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def group_version_path(self) -> str:
+        return f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+
+    def path(self, namespace: str, name: str | None = None) -> str:
+        path = f"{self.group_version_path}/namespaces/{quote(namespace)}/{self.plural}"
+        return f"{path}/{quote(name)}" if name else path
+
+
+DEPLOYMENT = Kind(
+    "apps", "v1", "Deployment", "deployments", "deployments", handed_over=(("spec", "replicas"),)
+)
+SERVICE = Kind("", "v1", "Service", "services", "services")
+HPA = Kind(
+    "autoscaling",
+    "v2",
+    "HorizontalPodAutoscaler",
+    "horizontalpodautoscalers",
+    "hpas",
+    optional=True,
+    verbs=("get", "list", "watch", "create", "patch", "delete"),
+)
+PDB = Kind(
+    "policy",
+    "v1",
+    "PodDisruptionBudget",
+    "poddisruptionbudgets",
+    "pdbs",
+    optional=True,
+    verbs=("get", "list", "watch", "create", "patch", "delete"),
+)
+# In apply order: the Deployment first, so a refused pod template creates nothing else.
+CHILDREN: tuple[Kind, ...] = (DEPLOYMENT, SERVICE, HPA, PDB)
+
+MODEL_DEPLOYMENT = Kind(
+    names.GROUP, names.VERSION, names.KIND, names.PLURAL, "model_deployments", verbs=()
+)
+# Read only, for status (unschedulable, failing fetch); indexed by owner name, not object name.
+PODS = Kind("", "v1", "Pod", "pods", "pods", verbs=("list", "watch"))
+
+BY_KIND: dict[str, Kind] = {k.kind: k for k in (*CHILDREN, MODEL_DEPLOYMENT, PODS)}

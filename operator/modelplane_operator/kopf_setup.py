@@ -1,0 +1,74 @@
+"""kopf's configuration, login and shutdown: the operator's one startup hook."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+from modelplane_api import names
+from modelplane_operator.config import OperatorConfig
+from modelplane_operator.freshness import RecentWrites
+from modelplane_operator.handled import ObservedGenerationDiffBase, RetryAnnotations
+from modelplane_operator.kinds import MODEL_DEPLOYMENT
+from modelplane_operator.kube import KubeApi, load_client
+from modelplane_operator.locks import KeyedLocks
+from modelplane_operator.retrier import Retrier
+
+
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, handler_ids: Iterable[str]) -> None:
+    """Typed config, the API client and the operator's state go into memo."""
+    config = OperatorConfig()
+    api = KubeApi(load_client())
+    # kopf serves only the resources it finds at start (scanning is off, see below), so
+    # wait here for the CRD rather than start without it.
+    if not api.serves(MODEL_DEPLOYMENT.kind):
+        api.client.close()
+        raise kopf.TemporaryError(
+            f"the {names.CRD_NAME} CRD is not installed; apply "
+            "manifests/crds/modelplane.io_modeldeployments.yaml (checking again in 10s)",
+            delay=10,
+        )
+    if config.log_format == "json":
+        kopf.configure(log_format=kopf.LogFormat.JSON)
+    settings.persistence.finalizer = f"{names.GROUP}/finalizer"
+    progress = RetryAnnotations(prefix=names.GROUP)
+    settings.persistence.progress_storage = progress
+    memo.handled = ObservedGenerationDiffBase(progress, handler_ids)
+    settings.persistence.diffbase_storage = memo.handled
+    settings.posting.level = logging.WARNING  # Events only for what a user must act on
+    settings.peering.standalone = True  # one replica, Recreate strategy
+    # No watching of Namespaces and CRDs: it would need cluster-wide list/watch rights
+    # that a namespaced install must not have, and the operator's kinds are fixed.
+    # Which namespaces are watched is kopf's own --namespace/--all-namespaces.
+    settings.scanning.disabled = True
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
+    settings.networking.request_timeout = 60
+    memo.config = config
+    memo.api = api
+    memo.locks = KeyedLocks()
+    memo.retrier = Retrier(cap=config.retry_cap_seconds)
+    memo.recent = RecentWrites()  # children this operator wrote, until the cache has them
+    memo.written = {}  # (namespace, name) -> the status this operator last wrote
+    if config.metrics_port:
+        start_http_server(config.metrics_port, addr=config.metrics_address)
+
+
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod, the service account; elsewhere the kubeconfig (read now, not at import)."""
+    found: kopf.ConnectionInfo | None = kopf.login_with_service_account(**kwargs)
+    return found or kopf.login_with_kubeconfig(**kwargs)
+
+
+def stop(memo: kopf.Memo) -> None:
+    retrier = getattr(memo, "retrier", None)
+    if retrier is not None:
+        retrier.cancel_all()
+    api = getattr(memo, "api", None)
+    if api is not None:
+        api.client.close()

@@ -1,0 +1,141 @@
+"""Every reason to reconcile a ModelDeployment, and what happens when one cannot finish.
+
+kopf calls in for the ModelDeployment itself (create, spec update, resume) and
+for every event of a child or pod; both end in :func:`_reconcile`, under the
+ModelDeployment's lock. A reconcile that raises RetryLater is retried by the one
+:class:`~modelplane_operator.retrier.Retrier`, whatever started it; a spec the
+operator cannot serve raises SpecRejected to the caller and waits for a change.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from modelplane_api import names
+from modelplane_operator.applier import Outcome
+from modelplane_operator.freshness import RecentWrites
+from modelplane_operator.kinds import BY_KIND, PODS
+from modelplane_operator.reconcile import RetryLater, SpecRejected, reconcile
+from modelplane_operator.watch_cache import Override, cluster_view, model_deployment
+
+log = logging.getLogger("modelplane.operator")
+Obj = dict[str, Any]
+Key = tuple[str, str]
+
+
+def on_model_deployment(
+    body: Mapping[str, Any], memo: kopf.Memo, indexes: Mapping[str, Any]
+) -> None:
+    """Created, spec changed or resumed. SpecRejected goes back to the kopf handler."""
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    _attempt(memo, indexes, key, body, None, reject=True)
+
+
+def on_child_event(event: kopf.RawEvent, memo: kopf.Memo, indexes: Mapping[str, Any]) -> None:
+    """A child or pod changed: reconcile its owner (status, and drift repair)."""
+    obj = event["object"]
+    meta = obj.get("metadata", {})
+    owner = meta.get("labels", {}).get(names.LABEL_INSTANCE)
+    if not owner:
+        return
+    key = (meta.get("namespace", ""), owner)
+    kind = obj.get("kind", "")
+    override: Override | None = None
+    if kind in BY_KIND and kind != PODS.kind:
+        # The event is fresher than the index: a deleted child is gone even if still indexed.
+        deleted = event["type"] == "DELETED"
+        override = (
+            (kind, key[0], meta.get("name", "")),
+            None if deleted else copy.deepcopy(dict(obj)),
+            dict(obj) if deleted else None,
+        )
+    body = model_deployment(indexes, key)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        forget(key, memo)  # its children are being collected: the ModelDeployment is gone
+        return
+    _attempt(memo, indexes, key, body, override, reject=False)
+
+
+def _retry(memo: kopf.Memo, indexes: Mapping[str, Any], key: Key) -> None:
+    body = model_deployment(indexes, key)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        forget(key, memo)
+        return
+    try:
+        _attempt(memo, indexes, key, body, None, reject=False)
+    except Exception as exc:
+        log.exception("retrying %s/%s failed unexpectedly", *key)
+        _retry_later(memo, indexes, key, RetryLater(str(exc), delay=0.0))
+
+
+def _attempt(
+    memo: kopf.Memo,
+    indexes: Mapping[str, Any],
+    key: Key,
+    body: Mapping[str, Any],
+    override: Override | None,
+    *,
+    reject: bool,
+) -> None:
+    try:
+        _reconcile(body, memo, indexes, override)
+    except SpecRejected:
+        memo.retrier.succeeded(key)  # nothing to retry: the spec must change
+        if reject:
+            raise
+    except RetryLater as later:
+        _retry_later(memo, indexes, key, later)
+    else:
+        memo.retrier.succeeded(key)
+
+
+def _retry_later(memo: kopf.Memo, indexes: Mapping[str, Any], key: Key, later: RetryLater) -> None:
+    delay = memo.retrier.schedule(key, lambda: _retry(memo, indexes, key), at_least=later.delay)
+    log.info("reconcile of %s/%s will be retried in %.1fs: %s", *key, delay, later)
+
+
+def _reconcile(
+    body: Mapping[str, Any],
+    memo: kopf.Memo,
+    indexes: Mapping[str, Any],
+    override: Override | None,
+) -> None:
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    recent: RecentWrites = memo.recent
+    with memo.locks(key):
+        current = dict(body)
+        # Our own last status write may be newer than the watch event we were given.
+        written = memo.written.get(key)
+        if written is not None and written[0] == body["metadata"].get("uid"):
+            current["status"] = written[1]
+
+        def remember(status: Obj) -> None:
+            memo.written[key] = (body["metadata"].get("uid"), status)
+
+        result = reconcile(
+            current,
+            memo.api,
+            memo.config,
+            cluster_view(memo.api, recent, indexes, override),
+            on_status_written=remember,
+        )
+        for child in result.children:
+            where = (child.kind, key[0], child.name)
+            if child.outcome is Outcome.DELETED and child.live is not None:
+                recent.deleted(where, child.live)
+            elif child.wrote and child.live:
+                recent.applied(where, child.live)
+
+
+def forget(key: Key, memo: kopf.Memo) -> None:
+    """A ModelDeployment is gone: drop what the operator kept about it."""
+    memo.written.pop(key, None)
+    memo.recent.forget(*key)
+    memo.handled.forget(key)
+    memo.retrier.succeeded(key)
+    memo.locks.drop(key)

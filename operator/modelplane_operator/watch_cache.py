@@ -1,0 +1,87 @@
+"""The watch cache reconcile reads instead of GETs: kopf indexes of compact JSON.
+
+A parsed Deployment costs tens of KiB of Python objects and its JSON a few;
+the cache holds several objects per ModelDeployment, so it keeps bytes and a
+reconcile parses the few it reads.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import kopf
+
+from modelplane_operator.freshness import RecentWrites
+from modelplane_operator.kinds import BY_KIND, MODEL_DEPLOYMENT, PODS
+from modelplane_operator.kube import KubeApi
+from modelplane_operator.reconcile import ClusterView
+
+Obj = dict[str, Any]
+# An event's own object, fresher than the index: (kind, namespace, name), the object
+# (None when deleted), and the deleted object itself.
+Override = tuple[tuple[str, str, str], Obj | None, Obj | None]
+
+
+def snapshot(body: kopf.Body) -> bytes:
+    return json.dumps(dict(body), separators=(",", ":")).encode()
+
+
+def _copy(store: Iterable[bytes] | None) -> list[bytes]:
+    """The entries of a kopf index store, read from a handler's thread.
+
+    kopf updates its indexes on the event loop while sync handlers run in worker
+    threads, so iterating a store can meet a concurrent change ("dictionary changed
+    size during iteration", seen on a real API server); the copy is simply retried.
+    """
+    if store is None:
+        return []
+    for _ in range(100):
+        try:
+            return list(store)
+        except RuntimeError:
+            continue
+    return list(store)
+
+
+def _parse(entry: bytes) -> Obj:
+    parsed: Obj = json.loads(entry)
+    return parsed
+
+
+def first(store: Iterable[bytes] | None) -> Obj | None:
+    found = _copy(store)
+    return _parse(found[0]) if found else None
+
+
+def model_deployment(indexes: Mapping[str, Any], key: tuple[str, str]) -> Obj | None:
+    return first(indexes[MODEL_DEPLOYMENT.index].get(key))
+
+
+def cluster_view(
+    api: KubeApi,
+    recent: RecentWrites,
+    indexes: Mapping[str, Any],
+    override: Override | None = None,
+) -> ClusterView:
+    """What reconcile reads: the event's object, else our own fresher write, else the cache;
+    ``child`` falls back to a GET for an object the cache cannot hold (not ours)."""
+
+    def cached(kind: str, namespace: str, name: str) -> Obj | None:
+        key = (kind, namespace, name)
+        if override is not None and override[0] == key:
+            return recent.fresher(key, override[1], tombstone=override[2])
+        stored = first(indexes[BY_KIND[kind].index].get((namespace, name)))
+        return recent.fresher(key, stored)
+
+    def child(kind: str, namespace: str, name: str) -> Obj | None:
+        found = cached(kind, namespace, name)
+        if found is None and not (override is not None and override[0] == (kind, namespace, name)):
+            return api.get(kind, namespace, name)
+        return found
+
+    def pods(namespace: str, name: str) -> Sequence[Obj]:
+        return [_parse(pod) for pod in _copy(indexes[PODS.index].get((namespace, name)))]
+
+    return ClusterView(child=child, cached=cached, pods=pods)
