@@ -20,6 +20,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from modelplane_api import facts
+
 STARTUP_TIMEOUT = 60.0
 
 
@@ -49,7 +51,7 @@ def _wait_ready(base: str, server: subprocess.Popen[bytes]) -> None:
         if server.poll() is not None:
             raise SystemExit("the runtime exited during start-up; see its log above")
         try:
-            if _call(base + "/v2/health/ready")[0] == 200:
+            if _call(base + facts.READY_PATH)[0] == 200:
                 return
         except OSError:
             pass

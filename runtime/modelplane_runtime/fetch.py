@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from modelplane_api.facts import FETCH_SCHEMES, SHA256_PATTERN
 from modelplane_runtime.errors import FetchError
 
-SCHEMES = {"file", "http", "https", "s3", "gs"}
 _PROTOCOL_PACKAGES = {"s3": "s3fs", "gs": "gcsfs", "http": "aiohttp", "https": "aiohttp"}
 _CHUNK = 1 << 20
 
@@ -23,9 +24,9 @@ _CHUNK = 1 << 20
 def fetch(uri: str, destination: Path, *, sha256: str | None = None) -> str:
     """Copy ``uri`` to ``destination``; return the sha256 of what was written."""
     scheme = urlsplit(uri).scheme
-    if scheme not in SCHEMES:
-        raise FetchError(f"cannot fetch '{uri}': the scheme must be one of {sorted(SCHEMES)}")
-    if sha256 is not None and (len(sha256) != 64 or set(sha256) - set("0123456789abcdef")):
+    if scheme not in FETCH_SCHEMES:
+        raise FetchError(f"cannot fetch '{uri}': the scheme must be one of {sorted(FETCH_SCHEMES)}")
+    if sha256 is not None and not re.fullmatch(SHA256_PATTERN, sha256):
         raise FetchError("--sha256 must be 64 lowercase hex characters")
     import fsspec
 

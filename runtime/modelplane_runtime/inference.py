@@ -7,8 +7,10 @@ back the OIP response body; everything between the wire and onnxruntime is here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -29,8 +31,8 @@ class InferenceEngine:
         self.metrics = RuntimeMetrics(settings.model_name)
         self.model: OnnxModel | None = None
         self.not_ready_reason: str | None = "the model is loading"
-        self.draining = False
-        self.arriving = 0  # infer requests whose body is still being read
+        self._draining = False
+        self._reading = 0  # infer requests whose body is still being read
         self._batcher: Batcher | None = None
 
     def load(self) -> None:
@@ -55,14 +57,27 @@ class InferenceEngine:
                 max_batch_size=self.settings.max_batch_size,
                 max_latency_ms=self.settings.max_latency_ms,
                 metrics=self.metrics,
-                more_coming=lambda: self.arriving > 0,
+                more_coming=lambda: self._reading > 0,
             )
             self._batcher.start()
 
     async def stop(self) -> None:
-        self.draining = True
+        self.drain()
         if self._batcher is not None:
             await self._batcher.stop()
+
+    def drain(self) -> None:
+        """Shutting down: readiness turns false; requests already accepted are answered."""
+        self._draining = True
+
+    @contextlib.contextmanager
+    def reading_body(self) -> Iterator[None]:
+        """While a request body is being read: the batcher waits for it (within its latency)."""
+        self._reading += 1
+        try:
+            yield
+        finally:
+            self._reading -= 1
 
     @property
     def ready(self) -> bool:
@@ -70,7 +85,7 @@ class InferenceEngine:
 
     def readiness_problem(self) -> str | None:
         """Why a probe should take this pod out of the Service; None when ready."""
-        if self.draining:
+        if self._draining:
             return "the server is shutting down"
         return self._serving_problem()
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from modelplane_api import facts
+
 _LATENCY_BUCKETS = (
     0.0005,
     0.001,
@@ -43,7 +45,7 @@ _BATCH = Histogram(
     "modelplane_batch_size", "Rows per onnxruntime run.", ["model"], buckets=_BATCH_BUCKETS
 )
 _PENDING = Gauge(
-    "modelplane_pending_requests",
+    facts.PENDING_REQUESTS_METRIC,  # the HPA's pendingRequests metric
     "Inference requests accepted and not yet answered: the autoscaling signal.",
     ["model"],
     multiprocess_mode="livesum",

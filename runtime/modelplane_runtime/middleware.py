@@ -8,7 +8,8 @@ tiny model, they cost more than the model itself:
   ``traffic.timeout`` seconds, and the garbage collector's gen-2 passes over those
   piles take 50-400 ms, which is the p99. It is replaced by :class:`RequestDeadline`,
   the same contract (504 if no response has started in time) on ``asyncio.timeout``,
-  whose timer is cancelled as the response starts.
+  whose timer is cancelled as the response starts; its timeout comes straight from
+  the runtime's settings.
 - ``OpenTelemetryMiddleware`` opens a span per request even with no exporter
   configured; it is dropped (tracing is not offered by this runtime).
 - ``RunnerTrafficMetricsMiddleware`` keeps BentoML's own per-route HTTP histograms;
@@ -22,13 +23,11 @@ inference, which the service's ``InferFastPath`` hands straight to its route.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-DROPPED = ("OpenTelemetryMiddleware", "RunnerTrafficMetricsMiddleware")
-REPLACED = "TimeoutMiddleware"
+DROPPED = ("OpenTelemetryMiddleware", "RunnerTrafficMetricsMiddleware", "TimeoutMiddleware")
 
 
 class RequestDeadline:
@@ -68,19 +67,8 @@ class RequestDeadline:
             await send({"type": "http.response.body", "body": body})
 
 
-def lean(middleware: list[Middleware], fast_path: Middleware) -> list[Middleware]:
-    """BentoML's middleware list with the changes above; ``fast_path`` goes right
-    inside the request deadline, ahead of everything else."""
-    kept: list[Middleware] = []
-    for layer in middleware:
-        name = getattr(layer.cls, "__name__", "")
-        if name in DROPPED:
-            continue
-        if name == REPLACED:
-            options: dict[str, Any] = dict(layer.kwargs)
-            kept += [Middleware(RequestDeadline, timeout=options["timeout"]), fast_path]
-            continue
-        kept.append(layer)
-    if fast_path not in kept:
-        kept.insert(0, fast_path)
-    return kept
+def lean(middleware: list[Middleware], fast_path: Middleware, timeout: float) -> list[Middleware]:
+    """BentoML's middleware list with the changes above: the request deadline outermost,
+    then ``fast_path``, ahead of everything BentoML keeps."""
+    kept = [m for m in middleware if getattr(m.cls, "__name__", "") not in DROPPED]
+    return [Middleware(RequestDeadline, timeout=timeout), fast_path, *kept]

@@ -15,34 +15,32 @@ import logging
 import os
 import signal
 from types import FrameType
-from typing import Any, cast
+from typing import TYPE_CHECKING
 
 import uvicorn
 from starlette.middleware import Middleware
 
 from modelplane_api.settings import RuntimeSettings
+
+if TYPE_CHECKING:
+    from modelplane_runtime.inference import InferenceEngine
 from modelplane_runtime.middleware import lean
 
 log = logging.getLogger("modelplane.runtime")
 
 
 class _DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, engine: InferenceEngine) -> None:
+        super().__init__(config)
+        self.engine = engine
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if not self.should_exit:
             log.info(
                 "%s received: not ready, finishing requests in flight", signal.Signals(sig).name
             )
-            _mark_draining()
+            self.engine.drain()
         super().handle_exit(sig, frame)
-
-
-def _mark_draining() -> None:
-    import bentoml
-
-    try:
-        bentoml.get_current_service().engine.draining = True
-    except Exception:  # noqa: BLE001 - no service yet: nothing to drain
-        log.debug("signal before the service started")
 
 
 def _use_single_process_metrics() -> None:
@@ -62,15 +60,16 @@ def configure_logging() -> None:
 
 def serve(settings: RuntimeSettings) -> None:
     """Serve until SIGTERM/SIGINT. Blocks."""
-    # The service module reads its settings from the environment, like in a pod.
-    os.environ.update(settings.to_env())
     configure_logging()
     _use_single_process_metrics()
-    from modelplane_runtime.service import InferFastPath, ModelRuntime
+    from modelplane_runtime.inference import InferenceEngine
+    from modelplane_runtime.service import InferFastPath, build_service
 
-    service = cast(Any, ModelRuntime)  # @bentoml.service made the class a bentoml.Service
-    app = service.to_asgi(is_main=True)
-    app.user_middleware[:] = lean(app.user_middleware, Middleware(InferFastPath))
+    engine = InferenceEngine(settings)
+    app = build_service(engine).to_asgi(is_main=True)
+    # A response must start within the request timeout; a little margin for the batcher's.
+    deadline = settings.request_timeout_seconds + 5
+    app.user_middleware[:] = lean(app.user_middleware, Middleware(InferFastPath), deadline)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -88,7 +87,7 @@ def serve(settings: RuntimeSettings) -> None:
     # has drained; a no-op there makes a completed drain exit 0, not "killed by SIGTERM".
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _drained)
-    _DrainingServer(config).run()
+    _DrainingServer(config, engine).run()
 
 
 def _drained(sig: int, frame: FrameType | None) -> None:

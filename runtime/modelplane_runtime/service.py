@@ -10,7 +10,8 @@ errors are rendered once, in :func:`_error`, as ``{"error": "..."}``.
     GET  /v2/health/ready                 model loaded, warmed up, not draining
     GET  /v2/models/{name}                model metadata (signature, provider in use)
     GET  /v2/models/{name}/ready          model readiness
-    POST /v2/models/{name}/infer          inference       (also under /versions/1/)
+    POST /v2/models/{name}/infer          inference       (also under /versions/1/),
+                                          routed by InferFastPath, its one route
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from modelplane_api.settings import RuntimeSettings
+from modelplane_api import facts
 from modelplane_runtime import __version__
 from modelplane_runtime.errors import (
     BadRequest,
@@ -50,8 +51,6 @@ from modelplane_runtime.protocol import (
 )
 
 log = logging.getLogger("modelplane.runtime")
-SETTINGS = RuntimeSettings()
-MODEL_VERSION = "1"
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -90,9 +89,11 @@ def _engine() -> InferenceEngine:
 
 
 def _check_version(request: Request) -> None:
-    version = request.path_params.get("version", MODEL_VERSION)
-    if version != MODEL_VERSION:
-        raise ModelNotFound(f"version '{version}' is not served; the only version is '1'")
+    version = request.path_params.get("version", facts.MODEL_VERSION)
+    if version != facts.MODEL_VERSION:
+        raise ModelNotFound(
+            f"version '{version}' is not served; the only version is '{facts.MODEL_VERSION}'"
+        )
 
 
 # --- routes -------------------------------------------------------------------
@@ -129,11 +130,8 @@ async def infer(request: Request, engine: InferenceEngine) -> Response:
     try:
         _check_version(request)
         engine.model_for(name)  # 404/503 before reading a body we would not use
-        engine.arriving += 1
-        try:
+        with engine.reading_body():
             body = await _read_body(request, engine.settings.max_request_bytes)
-        finally:
-            engine.arriving -= 1
         json_part, binary = split_binary_body(body, request.headers.get(BINARY_HEADER))
         parsed = _parse(json_part)
         attach_binary_inputs(parsed, binary)
@@ -249,29 +247,32 @@ class _BareStarlette(Starlette):
 oip_app = _BareStarlette(
     routes=[
         Route("/v2", _route(server_metadata)),
-        Route("/v2/health/live", _route(live)),
-        Route("/v2/health/ready", _route(ready)),
+        Route(facts.LIVE_PATH, _route(live)),
+        Route(facts.READY_PATH, _route(ready)),
         *(Route(base, _route(model_metadata)) for base in (_MODEL, _VERSION)),
         *(Route(base + "/ready", _route(model_ready)) for base in (_MODEL, _VERSION)),
-        *(Route(base + "/infer", _route(infer), methods=["POST"]) for base in (_MODEL, _VERSION)),
     ],
     lifespan=_lifespan,
 )
 
 
-@bentoml.service(
-    name="modelplane-runtime",
-    workers=1,
-    traffic={"timeout": SETTINGS.request_timeout_seconds + 5},
-    logging={"access": {"enabled": False}},
-)
-@bentoml.asgi_app(oip_app, path="/")
-class ModelRuntime:
-    """Loads the model once per process; the OIP routes reach it as ``engine``."""
+def build_service(engine: InferenceEngine) -> Any:
+    """The BentoML service around ``engine``: settings travel in it, not in the environment.
 
-    def __init__(self) -> None:
-        self.engine = InferenceEngine(SETTINGS)
-        self.engine.load()
+    BentoML's own request timeout is not configured here: the server replaces its
+    middleware with a deadline built from the settings (see middleware.py).
+    """
 
-    def __is_ready__(self) -> bool:
-        return self.engine.ready
+    @bentoml.service(name="modelplane-runtime", workers=1, logging={"access": {"enabled": False}})
+    @bentoml.asgi_app(oip_app, path="/")
+    class ModelRuntime:
+        """Loads the model once per process; the OIP routes reach it as ``engine``."""
+
+        def __init__(self) -> None:
+            self.engine = engine
+            self.engine.load()
+
+        def __is_ready__(self) -> bool:
+            return self.engine.ready
+
+    return ModelRuntime
