@@ -55,5 +55,6 @@ REQUEST_TIMEOUT_SECONDS_LIMIT = 3600
 MAX_REQUEST_BYTES = 64 * 1024 * 1024
 MAX_REQUEST_BYTES_MIN = 1024
 MAX_REQUEST_BYTES_LIMIT = 2**31 - 1
-# Requests waiting for the compute lane, per unit of maxBatchSize (see the runtime's batcher).
+# Requests that may wait for the compute lane, by default: this many full batches.
 QUEUE_BATCHES = 8
+MAX_QUEUED_REQUESTS_LIMIT = 1_000_000

@@ -42,11 +42,17 @@ class RuntimeSettings(BaseSettings):
     request_timeout_seconds: int = Field(
         default=facts.REQUEST_TIMEOUT_SECONDS, ge=1, le=facts.REQUEST_TIMEOUT_SECONDS_LIMIT
     )
+    max_queued_requests: int | None = Field(default=None, ge=1, le=facts.MAX_QUEUED_REQUESTS_LIMIT)
     max_request_bytes: int = Field(
         default=facts.MAX_REQUEST_BYTES,
         ge=facts.MAX_REQUEST_BYTES_MIN,
         le=facts.MAX_REQUEST_BYTES_LIMIT,
     )
+
+    @property
+    def queue_limit(self) -> int:
+        """Requests that may wait for the compute lane: set, or a few full batches."""
+        return self.max_queued_requests or facts.QUEUE_BATCHES * self.max_batch_size
 
     @field_validator("execution_providers", mode="before")
     @classmethod
@@ -96,6 +102,7 @@ def runtime_settings(md: ModelDeployment) -> RuntimeSettings:
         graph_optimization_level=spec.runtime.graph_optimization_level,
         max_batch_size=spec.runtime.batching.max_batch_size,
         max_latency_ms=spec.runtime.batching.max_latency_ms,
+        max_queued_requests=spec.runtime.batching.max_queued_requests,
         warmup_iterations=spec.runtime.warmup.iterations,
         host="0.0.0.0",  # noqa: S104 - the pod's network namespace
         port=facts.HTTP_PORT,

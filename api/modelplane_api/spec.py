@@ -353,6 +353,14 @@ class Batching(SpecModel):
         description="Longest a batch waits for requests already arriving, in milliseconds; "
         "a lone request never waits.",
     )
+    max_queued_requests: int | None = Field(
+        default=None,
+        ge=1,
+        le=facts.MAX_QUEUED_REQUESTS_LIMIT,
+        description="Requests that may wait for the compute lane; beyond it a request is "
+        f"refused at once with 503 and Retry-After. Default: {facts.QUEUE_BATCHES} times "
+        "maxBatchSize.",
+    )
 
 
 class Warmup(SpecModel):

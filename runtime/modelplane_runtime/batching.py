@@ -7,11 +7,16 @@ accumulate while the lane computes, so batches grow with the load and a lone
 request never waits for company. The only deliberate wait: when other requests
 are already being decoded, the batch waits for them, at most ``max_latency_ms``
 after its oldest request arrived.
+
+The queue is bounded (``max_queued``): beyond it a request is refused at once
+with 503 and a Retry-After estimated from the work ahead of it, instead of
+waiting for a deadline it cannot meet while holding its body in memory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -21,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from modelplane_runtime.errors import NotReady
+from modelplane_runtime.errors import NotReady, Overloaded
 from modelplane_runtime.metrics import RuntimeMetrics
 from modelplane_runtime.model import OnnxModel, rows
 
@@ -48,10 +53,12 @@ class Batcher:
         max_batch_size: int,
         max_latency_ms: int,
         metrics: RuntimeMetrics,
+        max_queued: int,
         more_coming: Callable[[], bool] = lambda: False,
     ) -> None:
         self.model = model
         self.max_batch_size = max_batch_size if model.batchable else 1
+        self.max_queued = max_queued
         self.max_latency = max_latency_ms / 1000
         self.metrics = metrics
         self.more_coming = more_coming  # are requests already being read off the wire?
@@ -77,6 +84,15 @@ class Batcher:
     async def infer(self, arrays: Arrays) -> Outputs:
         if self._stopping:
             raise NotReady("the server is shutting down")
+        if len(self._queue) >= self.max_queued:
+            self.metrics.queue_full.inc()
+            batches_ahead = math.ceil(len(self._queue) / self.max_batch_size)
+            retry_after = max(1, math.ceil(batches_ahead * self._typical_run_seconds))
+            raise Overloaded(
+                f"the queue is full ({self.max_queued} requests waiting; "
+                "runtime.batching.maxQueuedRequests); retry later",
+                retry_after,
+            )
         loop = asyncio.get_running_loop()
         pending = _Pending(arrays, rows(arrays), self._key(arrays), loop.create_future())
         self._queue.append(pending)

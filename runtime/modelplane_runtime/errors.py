@@ -6,9 +6,10 @@ from __future__ import annotations
 class ServingError(Exception):
     status = 500
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.headers = headers or {}
 
 
 class BadRequest(ServingError):
@@ -25,6 +26,15 @@ class PayloadTooLarge(ServingError):
 
 class NotReady(ServingError):
     status = 503
+
+
+class Overloaded(ServingError):
+    """The batcher's queue is full: come back after Retry-After seconds."""
+
+    status = 503
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message, {"Retry-After": str(retry_after)})
 
 
 class RequestTimeout(ServingError):

@@ -57,6 +57,7 @@ class InferenceEngine:
                 max_batch_size=self.settings.max_batch_size,
                 max_latency_ms=self.settings.max_latency_ms,
                 metrics=self.metrics,
+                max_queued=self.settings.queue_limit,
                 more_coming=lambda: self._reading > 0,
             )
             self._batcher.start()

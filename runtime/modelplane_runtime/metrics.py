@@ -50,6 +50,11 @@ _PENDING = Gauge(
     ["model"],
     multiprocess_mode="livesum",
 )
+_QUEUE_FULL = Counter(
+    "modelplane_queue_full",
+    "Inference requests refused with 503 because the batcher's queue was full.",
+    ["model"],
+)
 _INFO = Gauge(
     "modelplane_model_info",
     "The loaded model and the execution provider in use.",
@@ -68,6 +73,7 @@ class RuntimeMetrics:
         self.compute_seconds = _COMPUTE.labels(model)
         self.batch_size = _BATCH.labels(model)
         self.pending = _PENDING.labels(model)
+        self.queue_full = _QUEUE_FULL.labels(model)
 
     def failure(self, status: int) -> None:
         _REQUESTS.labels(self.model, str(status)).inc()

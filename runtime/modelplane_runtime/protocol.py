@@ -109,7 +109,7 @@ def tensor_from_wire(spec: RequestInput, dtype: np.dtype[Any]) -> np.ndarray[Any
     if raw.dtype.kind in "USO" and dtype.kind == "f":
         raw = _non_finite_from_text(spec, raw)
     elif raw.dtype.kind in "fO" and dtype == np.uint64:
-        raw = _large_unsigned(spec.data, raw)
+        raw = _large_unsigned(spec, spec.data, raw)
     expected = math.prod(spec.shape)
     if raw.size != expected:
         raise BadRequest(
@@ -142,7 +142,9 @@ _KIND_NAMES = {
 }
 
 
-def _large_unsigned(data: Any, raw: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+def _large_unsigned(
+    spec: RequestInput, data: Any, raw: np.ndarray[Any, Any]
+) -> np.ndarray[Any, Any]:
     """numpy infers float64 when ints above INT64's range mix with small ones; keep them exact."""
 
     def flatten(value: Any) -> list[Any]:
@@ -150,6 +152,11 @@ def _large_unsigned(data: Any, raw: np.ndarray[Any, Any]) -> np.ndarray[Any, Any
 
     flat = flatten(data)
     if all(type(v) is int and v >= 0 for v in flat):
+        if max(flat, default=0) > np.iinfo(np.uint64).max:
+            raise BadRequest(
+                f"input '{spec.name}': values outside the UINT64 range "
+                f"[0, {np.iinfo(np.uint64).max}]"
+            )
         return np.array(flat, dtype=np.uint64).reshape(raw.shape)
     return raw
 
@@ -158,7 +165,11 @@ def _non_finite_from_text(spec: RequestInput, raw: np.ndarray[Any, Any]) -> np.n
     def replace(value: Any) -> Any:
         if isinstance(value, list):
             return [replace(item) for item in value]
-        return NON_FINITE.get(value, value) if isinstance(value, str) else value
+        if isinstance(value, str):
+            if value not in NON_FINITE:  # "1" is not a number: checked, not coerced
+                raise ValueError(value)
+            return NON_FINITE[value]
+        return value
 
     try:
         replaced = np.asarray(replace(spec.data), dtype=np.float64)

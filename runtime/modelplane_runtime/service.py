@@ -61,8 +61,10 @@ def _json(body: Any, status: int = 200) -> Response:
     )
 
 
-def _error(status: int, message: str) -> Response:
-    return _json({"error": message}, status)
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    response = _json({"error": message}, status)
+    response.headers.update(headers or {})
+    return response
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -75,7 +77,7 @@ def _route(handler: Callable[[Request, InferenceEngine], Awaitable[Response]]) -
         try:
             return await handler(request, _engine())
         except ServingError as problem:
-            return _error(problem.status, problem.message)
+            return _error(problem.status, problem.message, problem.headers)
         except Exception:  # a bug: logged here with its traceback, never sent
             log.exception("unhandled error on %s %s", request.method, request.url.path)
             return _error(500, "internal error; see the server log")

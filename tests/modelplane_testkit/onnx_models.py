@@ -150,3 +150,21 @@ def slow_loop(path: Path, *, width: int = 1024, iterations: int = 200, seed: int
         ],
     )
     return _save(graph, path)
+
+
+def gather_table(path: Path) -> Path:
+    """i INT64 [batch, 1] -> y FP32 [batch, 1]: a lookup in a table of 4 values.
+
+    An index outside 0..3 makes onnxruntime fail the run: one bad request in a batch.
+    """
+    i = helper.make_tensor_value_info("i", TensorProto.INT64, ["batch", 1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])
+    table = numpy_helper.from_array(np.array([10, 20, 30, 40], dtype=np.float32), "table")
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "i"], ["y"], axis=0)],
+        "gather_table",
+        [i],
+        [y],
+        initializer=[table],
+    )
+    return _save(graph, path)

@@ -6,7 +6,11 @@ from typing import Any
 
 import pytest
 
+from modelplane_api.spec import parse_model_deployment
+from modelplane_operator.config import OperatorConfig
+from modelplane_operator.render import render_hpa
 from modelplane_testkit.runtime_server import RuntimeServer
+from test_operator.samples import minimal
 
 GOOD_INPUT = {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}
 
@@ -122,3 +126,15 @@ def test_failures_and_successes_are_counted(relu_server: RuntimeServer) -> None:
         assert relu_server.metric(histogram + "_count", model="relu") > 0, histogram
     assert 'modelplane_pending_requests{model="relu"}' in relu_server.get("/metrics").text
     assert relu_server.metric("modelplane_pending_requests", model="relu") == 0
+
+
+def test_the_hpa_scales_on_a_metric_this_runtime_serves(relu_server: RuntimeServer) -> None:
+    """The operator's pendingRequests HPA names a gauge the runtime really exports:
+    renaming the runtime's metric alone breaks this test."""
+    md = parse_model_deployment(
+        minimal(autoscaling={"maxReplicas": 3, "metric": "pendingRequests"})
+    )
+    hpa = render_hpa(md, OperatorConfig())
+    assert hpa is not None
+    name = hpa["spec"]["metrics"][0]["pods"]["metric"]["name"]
+    assert f'{name}{{model="relu"}}' in relu_server.get("/metrics").text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import time
@@ -10,8 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 import requests
 
+from modelplane_api.settings import RuntimeSettings
+from modelplane_runtime.errors import NotReady
+from modelplane_runtime.inference import InferenceEngine
+from modelplane_runtime.protocol import InferenceRequest
+from modelplane_runtime.service import ready
 from modelplane_testkit import onnx_models
 from modelplane_testkit.runtime_server import RuntimeServer
 
@@ -58,13 +65,11 @@ def test_sigterm_loses_no_request_in_flight(tmp_path: Path, logs: Path) -> None:
                 time.sleep(0.01)
             server.process.send_signal(signal.SIGTERM)
             assert pending >= IN_FLIGHT // 2, "too few requests in flight to prove anything"
-            time.sleep(0.2)
-            # Not ready any more: refused, or 503 while the listener closes.
-            try:
-                ready = requests.get(server.url + "/v2/health/ready", timeout=5).status_code
-            except requests.ConnectionError:
-                ready = 0
-            assert ready in (0, 503)
+            time.sleep(0.5)
+            # No new connection is accepted (the kubelet's probe fails), while every
+            # request already in flight is still answered below.
+            with pytest.raises(requests.ConnectionError):
+                requests.get(server.url + "/v2/health/ready", timeout=5)
             responses = [f.result(timeout=120) for f in futures]
         exit_code = server.process.wait(timeout=60)
     finally:
@@ -77,3 +82,30 @@ def test_sigterm_loses_no_request_in_flight(tmp_path: Path, logs: Path) -> None:
         np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-4, atol=1e-5)
     assert exit_code == 0
     assert "finishing requests in flight" in server.log()
+
+
+def test_draining_turns_readiness_false_and_still_answers(tmp_path: Path) -> None:
+    """The engine and the readiness route as the server runs them, without the HTTP layer
+    that refuses new connections: a drained engine is not ready, and still infers."""
+    model = onnx_models.relu_and_double(tmp_path / "relu.onnx")
+    engine = InferenceEngine(
+        RuntimeSettings(model_name="relu", model_path=model, warmup_iterations=0)
+    )
+    engine.load()
+
+    async def scenario() -> tuple[int, str, int]:
+        engine.start()
+        before = (await ready(None, engine)).status_code  # type: ignore[arg-type]
+        engine.drain()
+        with pytest.raises(NotReady) as refused:
+            await ready(None, engine)  # type: ignore[arg-type]
+        tensor = {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, -1, 2, -2]}
+        request = InferenceRequest.model_validate({"inputs": [tensor]})
+        _, outputs = await engine.infer("relu", request)
+        await engine.stop()
+        return before, refused.value.message, len(outputs)
+
+    before, why, answered = asyncio.run(scenario())
+    assert before == 200
+    assert why == "the server is shutting down"
+    assert answered >= 1
