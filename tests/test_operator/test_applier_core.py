@@ -73,10 +73,8 @@ def test_owned_fields_come_from_the_operators_applies_only() -> None:
 
 
 def test_a_field_owned_but_no_longer_rendered_is_released() -> None:
-    desired = {
-        "metadata": {"labels": {"app": "x"}},
-        "spec": {"template": {"spec": {"containers": []}}},
-    }
+    spec: dict[str, Any] = {"template": {"spec": {"containers": []}}}
+    desired = {"metadata": {"labels": {"app": "x"}}, "spec": spec}
     assert released(LIVE, desired) == {("spec", "replicas")}
     spec["replicas"] = 3
     assert released(LIVE, desired) == set()
