@@ -159,6 +159,23 @@ def _wait(check: Any, what: str) -> None:
         time.sleep(0.25)
 
 
+def _row(  # noqa: PLR0917 - one measurement's six numbers
+    count: int, elapsed: float, by_kind: Counter[str], restart_writes: int, rss: int, baseline: int
+) -> dict[str, Any]:
+    """One measurement: time, writes per ModelDeployment (by kind), restart writes, memory."""
+    return {
+        "model_deployments": count,
+        "seconds_to_reconcile_all": round(elapsed, 2),
+        "writes_per_model_deployment": round(sum(by_kind.values()) / count, 2),
+        "writes_by_kind_per_model_deployment": {
+            k: round(v / count, 2) for k, v in sorted(by_kind.items())
+        },
+        "writes_on_restart": restart_writes,
+        "operator_rss_mib": round(rss / 2**20, 1),
+        "operator_rss_baseline_mib": round(baseline / 2**20, 1),
+    }
+
+
 def _operator_writes(server: ApiServer, since: int) -> list[dict[str, Any]]:
     return [
         e
@@ -214,17 +231,7 @@ def measure_real(count: int, assets: Path) -> dict[str, Any]:
         finally:
             plane.stop()
     by_kind = Counter(_audit_kind(e) for e in writes)
-    return {
-        "model_deployments": count,
-        "seconds_to_reconcile_all": round(elapsed, 2),
-        "writes_per_model_deployment": round(len(writes) / count, 2),
-        "writes_by_kind_per_model_deployment": {
-            k: round(v / count, 2) for k, v in sorted(by_kind.items())
-        },
-        "writes_on_restart": restart_writes,
-        "operator_rss_mib": round(rss / 2**20, 1),
-        "operator_rss_baseline_mib": round(baseline_rss / 2**20, 1),
-    }
+    return _row(count, elapsed, by_kind, restart_writes, rss, baseline_rss)
 
 
 def measure(count: int) -> dict[str, Any]:
@@ -259,17 +266,7 @@ def measure(count: int) -> dict[str, Any]:
         finally:
             restarted.stop()
         restart_writes = len(emulator.emulator.mutations) - before
-    return {
-        "model_deployments": count,
-        "seconds_to_reconcile_all": round(elapsed, 2),
-        "writes_per_model_deployment": round(len(mutations) / count, 2),
-        "writes_by_kind_per_model_deployment": {
-            k: round(v / count, 2) for k, v in sorted(by_kind.items())
-        },
-        "writes_on_restart": restart_writes,
-        "operator_rss_mib": round(rss / 2**20, 1),
-        "operator_rss_baseline_mib": round(baseline_rss / 2**20, 1),
-    }
+    return _row(count, elapsed, by_kind, restart_writes, rss, baseline_rss)
 
 
 def median_of(rounds: list[dict[str, Any]]) -> dict[str, Any]:

@@ -55,6 +55,8 @@ REQUEST_TIMEOUT_SECONDS_LIMIT = 3600
 MAX_REQUEST_BYTES = 64 * 1024 * 1024
 MAX_REQUEST_BYTES_MIN = 1024
 MAX_REQUEST_BYTES_LIMIT = 2**31 - 1
-# Requests that may wait for the compute lane, by default: this many full batches.
+# Requests that may wait for the compute lane, by default: this many full batches, and
+# never fewer than MIN_QUEUED_REQUESTS (with batching off, a batch is one request).
 QUEUE_BATCHES = 8
+MIN_QUEUED_REQUESTS = 64
 MAX_QUEUED_REQUESTS_LIMIT = 1_000_000

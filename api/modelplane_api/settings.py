@@ -52,7 +52,8 @@ class RuntimeSettings(BaseSettings):
     @property
     def queue_limit(self) -> int:
         """Requests that may wait for the compute lane: set, or a few full batches."""
-        return self.max_queued_requests or facts.QUEUE_BATCHES * self.max_batch_size
+        derived = max(facts.MIN_QUEUED_REQUESTS, facts.QUEUE_BATCHES * self.max_batch_size)
+        return self.max_queued_requests or derived
 
     @field_validator("execution_providers", mode="before")
     @classmethod

@@ -359,7 +359,7 @@ class Batching(SpecModel):
         le=facts.MAX_QUEUED_REQUESTS_LIMIT,
         description="Requests that may wait for the compute lane; beyond it a request is "
         f"refused at once with 503 and Retry-After. Default: {facts.QUEUE_BATCHES} times "
-        "maxBatchSize.",
+        f"maxBatchSize, at least {facts.MIN_QUEUED_REQUESTS}.",
     )
 
 

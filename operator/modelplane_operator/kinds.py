@@ -70,7 +70,12 @@ PDB = Kind(
 CHILDREN: tuple[Kind, ...] = (DEPLOYMENT, SERVICE, HPA, PDB)
 
 MODEL_DEPLOYMENT = Kind(
-    names.GROUP, names.VERSION, names.KIND, names.PLURAL, "model_deployments", verbs=()
+    names.GROUP,
+    names.VERSION,
+    names.KIND,
+    names.PLURAL,
+    "model_deployments",
+    verbs=("list", "watch"),
 )
 # Read only, for status (unschedulable, failing fetch); indexed by owner name, not object name.
 PODS = Kind("", "v1", "Pod", "pods", "pods", verbs=("list", "watch"))

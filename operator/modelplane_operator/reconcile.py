@@ -1,7 +1,7 @@
 """The one level-based reconcile: parse -> render -> apply -> status.
 
 Called for every reason the operator has to look at a ModelDeployment (created,
-spec changed, operator restarted, a child or pod changed, periodic safety net);
+spec changed, operator restarted, a child or pod changed, a retry);
 it compares the whole desired state with the whole live state, so every caller
 gets the same answer and an unchanged ModelDeployment costs no write.
 It knows nothing of kopf: errors are raised as the domain exceptions below

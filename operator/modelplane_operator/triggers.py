@@ -66,11 +66,7 @@ def _retry(memo: kopf.Memo, indexes: Mapping[str, Any], key: Key) -> None:
     if body is None or body["metadata"].get("deletionTimestamp"):
         forget(key, memo)
         return
-    try:
-        _attempt(memo, indexes, key, body, None, reject=False)
-    except Exception as exc:
-        log.exception("retrying %s/%s failed unexpectedly", *key)
-        _retry_later(memo, indexes, key, RetryLater(str(exc), delay=0.0))
+    _attempt(memo, indexes, key, body, None, reject=False)
 
 
 def _attempt(
@@ -90,6 +86,9 @@ def _attempt(
             raise
     except RetryLater as later:
         _retry_later(memo, indexes, key, later)
+    except Exception as exc:
+        log.exception("reconcile of %s/%s failed unexpectedly", *key)
+        _retry_later(memo, indexes, key, RetryLater(f"{type(exc).__name__}: {exc}", delay=0.0))
     else:
         memo.retrier.succeeded(key)
 

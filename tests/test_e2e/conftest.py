@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from modelplane_testkit import helm
-from modelplane_testkit.control_plane import ApiServer, control_plane
+from modelplane_testkit.control_plane import CLUSTER_ENV, ApiServer, control_plane
 from modelplane_testkit.kubelet import KubeletPlayer
 from modelplane_testkit.real_cluster import RealCluster
 
@@ -24,14 +24,25 @@ OPERATOR_ACCOUNT = helm.RELEASE  # the chart's ServiceAccount: <release> for rel
 OPERATOR_USER = f"system:serviceaccount:{RELEASE_NAMESPACE}:{OPERATOR_ACCOUNT}"
 
 
-def start_or_skip(workdir: Path, admission_plugins: tuple[str, ...] = ()) -> Iterator[ApiServer]:
+def start_or_skip(
+    workdir: Path, admission_plugins: tuple[str, ...] = (), *, fresh: bool = False
+) -> Iterator[ApiServer]:
+    """A control plane; ``fresh`` (or admission plugins) needs one started here."""
     if os.environ.get("MODELPLANE_E2E") != "1":
         pytest.skip("real control-plane tests run with `make e2e`")
+    if (fresh or admission_plugins) and os.environ.get(CLUSTER_ENV):
+        pytest.skip("needs a control plane started here (its own admission plugins, empty)")
     try:
         with control_plane(workdir, admission_plugins) as server:
             yield server
     except LookupError as missing:
         pytest.skip(str(missing))
+
+
+def local_only(server: ApiServer, needs: str) -> None:
+    """Skip where the cluster is not the local control plane (it has a kubelet, no audit log)."""
+    if not server.local:
+        pytest.skip(f"needs the local control plane's {needs}")
 
 
 @pytest.fixture(scope="session")
@@ -86,6 +97,7 @@ def operator_token(installed: ApiServer) -> str:
 
 @pytest.fixture(scope="session")
 def kubelet(api_server: ApiServer) -> Iterator[KubeletPlayer]:
+    local_only(api_server, "played kubelet (a real one would need the runtime images)")
     player = KubeletPlayer(api_server)
     player.register_node("cpu-1")
     player.register_node("cpu-2")

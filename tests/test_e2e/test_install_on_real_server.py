@@ -144,7 +144,7 @@ def test_namespaced_helm_install(installed: ApiServer, admin: RealCluster) -> No
 
 @pytest.fixture
 def fresh_server(tmp_path: Path) -> Any:
-    yield from start_or_skip(tmp_path / "fresh")
+    yield from start_or_skip(tmp_path / "fresh", fresh=True)
 
 
 def test_install_yaml_applies_server_side(fresh_server: ApiServer) -> None:

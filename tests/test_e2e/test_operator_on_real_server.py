@@ -18,8 +18,9 @@ from modelplane_testkit import helm
 from modelplane_testkit.control_plane import ApiServer, describe, writes_by
 from modelplane_testkit.kubelet import FETCH_FAILURE, KubeletPlayer
 from modelplane_testkit.operator_harness import OPERATOR_ARGS
+from modelplane_testkit.operator_harness import wait_for as harness_wait_for
 from modelplane_testkit.real_cluster import RealCluster
-from test_e2e.conftest import OPERATOR_USER, account_token, helm_install
+from test_e2e.conftest import OPERATOR_USER, account_token, helm_install, local_only
 from test_operator.samples import minimal
 
 T = TypeVar("T")
@@ -28,14 +29,20 @@ RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted"}
 
 
 def wait_for(check: Callable[[], T | None], what: str, timeout: float = 60.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
+    """The emulator tests' bounded wait, with a real control plane's patience."""
+    return harness_wait_for(check, what, timeout)
+
+
+def wait_generation(admin: RealCluster, namespace: str, generation: int) -> None:
+    wait_for(
+        lambda: (
+            (admin.get("modeldeployments", namespace, "demo") or {})
+            .get("status", {})
+            .get("observedGeneration")
+            == generation
+        ),
+        f"observedGeneration {generation} in {namespace}",
+    )
 
 
 @contextmanager
@@ -91,6 +98,7 @@ def wait_reason(admin: RealCluster, namespace: str, reason: str, timeout: float 
 
 def settle(server: ApiServer, quiet: float = 3.0, timeout: float = 60.0) -> int:
     """Wait until the operator has written nothing for ``quiet`` seconds; the audit mark."""
+    local_only(server, "audit log, to count writes")
     deadline = time.monotonic() + timeout
     mark = server.audit_mark()
     since = time.monotonic()
@@ -133,15 +141,7 @@ def test_create_ready_update_and_delete(
     admin.patch(
         "modeldeployments", ns, "demo", {"spec": {"runtime": {"warmup": {"iterations": 7}}}}
     )
-    wait_for(
-        lambda: (
-            (admin.get("modeldeployments", ns, "demo") or {})
-            .get("status", {})
-            .get("observedGeneration")
-            == 2
-        ),
-        "observedGeneration 2",
-    )
+    wait_generation(admin, ns, 2)
     wait_for(lambda: len(admin.list("replicasets", ns)) == 2, "a second ReplicaSet")
     wait_reason(admin, ns, "Available")
 
@@ -331,15 +331,7 @@ def test_idle_restart_and_canonical_quantities_write_nothing(  # noqa: PLR0917 -
         time.sleep(8)  # resumed, every object reconciled, nothing to do
         assert operator_writes(installed, mark) == []
         admin.patch("modeldeployments", ns, "demo", {"spec": {"runtime": {"image": "r:2"}}})
-        wait_for(
-            lambda: (
-                (admin.get("modeldeployments", ns, "demo") or {})
-                .get("status", {})
-                .get("observedGeneration")
-                == 2
-            ),
-            "observedGeneration 2",
-        )
+        wait_generation(admin, ns, 2)
         settle(installed)
         writes = operator_writes(installed, mark)
         assert [w for w in writes if not w.startswith("patch modeldeployments/status")] == [
@@ -363,6 +355,7 @@ def test_namespaced_operator_is_refused_elsewhere_and_keeps_serving(
     account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
     token = account_token(installed, "modelplane-system", account)
     user = f"system:serviceaccount:modelplane-system:{account}"
+    local_only(installed, "audit log")
     mark = installed.audit_mark()
     with operator_as(installed, token, tmp_path, monkeypatch, args):
         admin.create("modeldeployments", _md("team-c"))
@@ -384,6 +377,7 @@ def test_namespaced_operator_is_refused_elsewhere_and_keeps_serving(
 
 def test_the_operator_was_never_refused(installed: ApiServer) -> None:
     """Across every scenario above, the chart's RBAC allowed every request (zero 403s)."""
+    local_only(installed, "audit log")
     events = [e for e in installed.audit() if e.get("user", {}).get("username") == OPERATOR_USER]
     assert len(events) > 50
     refused = [describe(e) for e in events if e.get("responseStatus", {}).get("code") == 403]

@@ -168,7 +168,10 @@ def test_wheel_carries_both_packages_and_the_cli(installed_wheel: Path, tmp_path
     assert probe.returncode == 0, probe.stderr
     assert all(line.startswith(str(installed_wheel)) for line in probe.stdout.split())
     (entry_points,) = installed_wheel.glob("modelplane-*.dist-info/entry_points.txt")
-    assert "modelplane = modelplane_operator.cli:main" in entry_points.read_text()
+    points = entry_points.read_text()
+    assert "modelplane = modelplane_api.cli:main" in points
+    assert "render = modelplane_operator.cli:add_commands" in points
+    assert "runtime = modelplane_runtime.cli:add_commands" in points
 
 
 def test_runtime_entrypoint_fetches_and_refuses_from_the_wheel(

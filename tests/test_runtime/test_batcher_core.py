@@ -97,4 +97,5 @@ def test_a_full_queue_refuses_at_once_with_retry_after(model: OnnxModel) -> None
 
 def test_the_queue_limit_defaults_to_a_few_batches() -> None:
     assert RuntimeSettings(max_batch_size=16).queue_limit == 8 * 16
+    assert RuntimeSettings(max_batch_size=1).queue_limit == 64, "batching off: still a queue"
     assert RuntimeSettings(max_batch_size=16, max_queued_requests=5).queue_limit == 5

@@ -26,10 +26,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 
 {{/* The operator's permissions: exactly what it does, for a ClusterRole or each Role. */}}
 {{- define "modelplane.rules" -}}
-# Watch ModelDeployments; kopf patches its own annotations on them (never the spec).
+# Watch ModelDeployments. Never written: retries are the operator's own, so kopf
+# keeps no records on them (the status has its own rule below).
 - apiGroups: [modelplane.io]
   resources: [modeldeployments]
-  verbs: [list, watch, patch]
+  verbs: [list, watch]
 - apiGroups: [modelplane.io]
   resources: [modeldeployments/status]
   verbs: [patch]
