@@ -210,7 +210,7 @@ class LocalControlPlane:
             "--service-account-signing-key-file", str(key),
             "--token-auth-file", str(tokens),
             "--authorization-mode", "RBAC",
-            "--service-cluster-ip-range", "10.0.0.0/24",
+            "--service-cluster-ip-range", "10.96.0.0/12",  # kubeadm's: room for 1M Services
             "--audit-policy-file", str(policy),
             "--audit-log-path", str(self.workdir / "audit.log"),
             "--audit-log-mode", "blocking",
