@@ -189,6 +189,11 @@ def _reconcile(
             write_status(Problem("Forbidden", message), url, model)
             raise RetryLater(message, delay=FORBIDDEN_RETRY_SECONDS) from None
         if exc.retryable:
+            if exc.status >= 500:
+                # Retried, but it may persist (say "failed to allocate a serviceIP: range
+                # is full"): the status says so meanwhile. Conflicts and 429 pass quietly.
+                message = f"the API server failed to apply a child (retrying): {exc.message}"
+                write_status(Problem("ApplyFailed", message, stalled=False), url, model)
             raise RetryLater(f"applying children failed: {exc}", delay=_delay(exc)) from None
         # The API server refused what we rendered (e.g. affinity contents): the spec must change.
         message = f"the API server rejected a child: {exc.message}"

@@ -160,3 +160,27 @@ def test_install_yaml_applies_server_side(fresh_server: ApiServer) -> None:
         "get", "ns", helm.INSTALL_NAMESPACE, "-o", "jsonpath={.metadata.labels}"
     )
     assert '"pod-security.kubernetes.io/enforce":"restricted"' in labels
+
+
+SHARED_CRDS = helm.REPO.parent / "shared" / "third-party-crds"
+
+
+def test_the_charts_service_monitor_meets_the_real_crd(installed: ApiServer) -> None:
+    """The Prometheus Operator's own CRD judges the ServiceMonitor the chart renders."""
+    crds = SHARED_CRDS / "prometheus-operator-v0.93.0"
+    if not crds.is_dir():
+        pytest.skip(f"no third-party CRDs at {crds}")
+    installed.kubectl(
+        "apply", "--server-side", "-f", str(crds / "monitoring.coreos.com_servicemonitors.yaml")
+    )
+    installed.kubectl(
+        "wait", "--for", "condition=established", "--timeout=30s",
+        "crd/servicemonitors.monitoring.coreos.com",
+    )  # fmt: skip
+    values = {
+        "metrics.serviceMonitor.enabled": True,
+        "metrics.serviceMonitor.labels": {"team": "ml"},
+    }
+    helm_install(installed, "monitored", values)
+    monitors = installed.kubectl("get", "servicemonitors", "-A", "-o", "name")
+    assert "servicemonitor.monitoring.coreos.com/monitored-modelplane" in monitors

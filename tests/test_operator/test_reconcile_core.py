@@ -122,9 +122,10 @@ REFUSALS = [
     (403, RetryLater, "Forbidden"),  # RBAC or admission: fixed without a spec change
     (401, RetryLater, "Forbidden"),
     (422, SpecRejected, "ChildRejected"),  # the rendered child itself is refused
-    (409, RetryLater, None),  # conflicts, throttling, outages: retried, status unchanged
+    (409, RetryLater, None),  # conflicts and throttling: retried, status unchanged
     (429, RetryLater, None),
-    (503, RetryLater, None),
+    (500, RetryLater, "ApplyFailed"),  # may persist ("range is full"): retried, and said
+    (503, RetryLater, "ApplyFailed"),
 ]
 
 
@@ -137,3 +138,5 @@ def test_refusals_by_class(code: int, raised: type[Exception], reason: str | Non
         assert api.statuses == []
     else:
         assert _ready(api)["reason"] == reason
+        reconciling = next(c for c in api.statuses[-1]["conditions"] if c["type"] == "Reconciling")
+        assert reconciling["status"] == ("True" if reason == "ApplyFailed" else "False")
