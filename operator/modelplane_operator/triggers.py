@@ -54,19 +54,23 @@ def on_child_event(event: kopf.RawEvent, memo: kopf.Memo, indexes: Mapping[str, 
             None if deleted else copy.deepcopy(dict(obj)),
             dict(obj) if deleted else None,
         )
-    body = model_deployment(indexes, key)
-    if body is None or body["metadata"].get("deletionTimestamp"):
-        forget(key, memo)  # its children are being collected: the ModelDeployment is gone
-        return
-    _attempt(memo, indexes, key, body, override, reject=False)
+    if (body := _live_body(memo, indexes, key)) is not None:
+        _attempt(memo, indexes, key, body, override, reject=False)
 
 
 def _retry(memo: kopf.Memo, indexes: Mapping[str, Any], key: Key) -> None:
+    if (body := _live_body(memo, indexes, key)) is not None:
+        _attempt(memo, indexes, key, body, None, reject=False)
+
+
+def _live_body(memo: kopf.Memo, indexes: Mapping[str, Any], key: Key) -> Obj | None:
+    """The ModelDeployment from the cache, or None (and forgotten) once gone or going:
+    its children are being collected."""
     body = model_deployment(indexes, key)
     if body is None or body["metadata"].get("deletionTimestamp"):
         forget(key, memo)
-        return
-    _attempt(memo, indexes, key, body, None, reject=False)
+        return None
+    return body
 
 
 def _attempt(
