@@ -29,7 +29,15 @@ class Kind:
     # takes them over: the HPA scales a Deployment through /scale but does not write
     # while the count is within its bounds, so it may never take the field by itself.
     handed_over: tuple[FieldPath, ...] = ()
-    verbs: tuple[str, ...] = ("get", "list", "watch", "create", "patch")
+    read_only: bool = False  # watched for status, never written
+
+    @property
+    def verbs(self) -> tuple[str, ...]:
+        """The RBAC verbs the operator needs: a watch cache, and for a child, server-side
+        apply (get for a child not in the cache, create and patch), delete when optional."""
+        if self.read_only:
+            return ("list", "watch")
+        return ("get", "list", "watch", "create", "patch", *(("delete",) if self.optional else ()))
 
     @property
     def api_version(self) -> str:
@@ -55,7 +63,6 @@ HPA = Kind(
     "horizontalpodautoscalers",
     "hpas",
     optional=True,
-    verbs=("get", "list", "watch", "create", "patch", "delete"),
 )
 PDB = Kind(
     "policy",
@@ -64,7 +71,6 @@ PDB = Kind(
     "poddisruptionbudgets",
     "pdbs",
     optional=True,
-    verbs=("get", "list", "watch", "create", "patch", "delete"),
 )
 # In apply order: the Deployment first, so a refused pod template creates nothing else.
 CHILDREN: tuple[Kind, ...] = (DEPLOYMENT, SERVICE, HPA, PDB)
@@ -75,9 +81,9 @@ MODEL_DEPLOYMENT = Kind(
     names.KIND,
     names.PLURAL,
     "model_deployments",
-    verbs=("list", "watch"),
+    read_only=True,  # its status subresource is written, through its own RBAC rule
 )
 # Read only, for status (unschedulable, failing fetch); indexed by owner name, not object name.
-PODS = Kind("", "v1", "Pod", "pods", "pods", verbs=("list", "watch"))
+PODS = Kind("", "v1", "Pod", "pods", "pods", read_only=True)
 
 BY_KIND: dict[str, Kind] = {k.kind: k for k in (*CHILDREN, MODEL_DEPLOYMENT, PODS)}

@@ -27,15 +27,11 @@ def _header(md: ModelDeployment, kind: Kind) -> Obj:
     return {
         "apiVersion": kind.api_version,
         "kind": kind.kind,
-        "metadata": _metadata(md),
-    }
-
-
-def _metadata(md: ModelDeployment) -> Obj:
-    return {
-        "name": md.name,
-        "namespace": md.namespace,
-        "labels": names.common_labels(md.name),
+        "metadata": {
+            "name": md.name,
+            "namespace": md.namespace,
+            "labels": names.common_labels(md.name),
+        },
     }
 
 
