@@ -13,6 +13,7 @@ import yaml
 from modelplane_testkit import helm
 from modelplane_testkit.control_plane import ApiServer, KubectlError
 from modelplane_testkit.crd_validation import load_crd, validate_against_crd
+from modelplane_testkit.operator_harness import wait_for
 from modelplane_testkit.real_cluster import ApiRefused, RealCluster
 from modelplane_testkit.structural_schema import structural_errors
 from test_e2e.conftest import helm_install, start_or_skip
@@ -177,6 +178,15 @@ def test_the_charts_service_monitor_meets_the_real_crd(installed: ApiServer) -> 
         "wait", "--for", "condition=established", "--timeout=30s",
         "crd/servicemonitors.monitoring.coreos.com",
     )  # fmt: skip
+    # helm maps kinds through discovery, which may list a new CRD a moment after it is
+    # established.
+    wait_for(
+        lambda: (
+            "servicemonitors"
+            in installed.kubectl("api-resources", "--api-group=monitoring.coreos.com", "-o", "name")
+        ),
+        "discovery to list ServiceMonitor",
+    )
     values = {
         "metrics.serviceMonitor.enabled": True,
         "metrics.serviceMonitor.labels": {"team": "ml"},
