@@ -121,16 +121,20 @@ def _hand_over(api: KubeApi, live: Obj, paths: set[FieldPath]) -> None:
             "namespace": live["metadata"]["namespace"],
         },
     }
+    handed: list[FieldPath] = []
     for path in sorted(paths):
         value: Any = live
         for key in path:
             value = value.get(key) if isinstance(value, dict) else None
         if value is None:
-            continue
+            continue  # nothing to keep: the field goes with the operator's apply
         node = partial
         for key in path[:-1]:
             node = node.setdefault(key, {})
         node[path[-1]] = value
+        handed.append(path)
+    if not handed:
+        return
     try:
         # Not forced: it only ever shares a field with the operator, at the same value.
         api.apply(partial, manager=names.HANDOVER_FIELD_MANAGER, force=False)
@@ -142,7 +146,7 @@ def _hand_over(api: KubeApi, live: Obj, paths: set[FieldPath]) -> None:
         live["kind"],
         live["metadata"]["namespace"],
         live["metadata"]["name"],
-        ", ".join(".".join(p) for p in sorted(paths)),
+        ", ".join(".".join(p) for p in handed),
     )
 
 
