@@ -60,3 +60,12 @@ MAX_REQUEST_BYTES_LIMIT = 2**31 - 1
 QUEUE_BATCHES = 8
 MIN_QUEUED_REQUESTS = 64
 MAX_QUEUED_REQUESTS_LIMIT = 1_000_000
+# What a client connection may cost before it is answered (see the README's "Limits").
+HEADER_TIMEOUT_SECONDS = 10  # from connecting (or the end of the last request) to the headers' end
+BODY_IDLE_SECONDS = 10  # longest silence while a request body is arriving
+KEEP_ALIVE_SECONDS = 5  # an idle keep-alive connection is closed after this
+MAX_HEADER_BYTES = 16 * 1024  # the request line and all headers together
+MAX_HEADER_BYTES_LIMIT = 1024 * 1024
+MAX_CONNECTIONS = 1000  # open client connections; beyond it new ones get 503 and are closed
+MAX_CONNECTIONS_LIMIT = 1_000_000
+CONNECTION_TIMEOUT_LIMIT = 3600

@@ -48,6 +48,21 @@ class RuntimeSettings(BaseSettings):
         ge=facts.MAX_REQUEST_BYTES_MIN,
         le=facts.MAX_REQUEST_BYTES_LIMIT,
     )
+    header_timeout_seconds: float = Field(
+        default=facts.HEADER_TIMEOUT_SECONDS, gt=0, le=facts.CONNECTION_TIMEOUT_LIMIT
+    )
+    body_idle_seconds: float = Field(
+        default=facts.BODY_IDLE_SECONDS, gt=0, le=facts.CONNECTION_TIMEOUT_LIMIT
+    )
+    keep_alive_seconds: float = Field(
+        default=facts.KEEP_ALIVE_SECONDS, gt=0, le=facts.CONNECTION_TIMEOUT_LIMIT
+    )
+    max_header_bytes: int = Field(
+        default=facts.MAX_HEADER_BYTES, ge=1024, le=facts.MAX_HEADER_BYTES_LIMIT
+    )
+    max_connections: int = Field(
+        default=facts.MAX_CONNECTIONS, ge=1, le=facts.MAX_CONNECTIONS_LIMIT
+    )
 
     @property
     def queue_limit(self) -> int:
@@ -63,9 +78,10 @@ class RuntimeSettings(BaseSettings):
         return value
 
     def to_env(self) -> dict[str, str]:
-        """Every set field as ``MODELPLANE_<FIELD>``, in field order."""
+        """Every field set explicitly as ``MODELPLANE_<FIELD>``, in field order (defaults stay
+        the runtime's own)."""
         env: dict[str, str] = {}
-        for name, value in self.model_dump(exclude_none=True).items():
+        for name, value in self.model_dump(exclude_none=True, exclude_unset=True).items():
             if isinstance(value, tuple):
                 text = ",".join(value)
             elif isinstance(value, bool):

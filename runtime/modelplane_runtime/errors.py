@@ -16,6 +16,22 @@ class BadRequest(ServingError):
     status = 400
 
 
+class BodyTimeout(ServingError):
+    """The request body stopped arriving."""
+
+    status = 408
+
+
+class ClientClosed(ServingError):
+    """The client went away before its answer: nobody to answer, not the server's fault."""
+
+    status = 499
+
+
+# The outcome label of a request whose client left (nginx's 499, "client closed request").
+CLIENT_CLOSED = ClientClosed.status
+
+
 class ModelNotFound(ServingError):
     status = 404
 

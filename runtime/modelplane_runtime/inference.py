@@ -6,7 +6,6 @@ back the OIP response body; everything between the wire and onnxruntime is here.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -17,7 +16,7 @@ import numpy as np
 
 from modelplane_api.settings import RuntimeSettings
 from modelplane_runtime.batching import Batcher
-from modelplane_runtime.errors import ModelNotFound, NotReady, RequestTimeout
+from modelplane_runtime.errors import ModelNotFound, NotReady
 from modelplane_runtime.metrics import RuntimeMetrics
 from modelplane_runtime.model import ModelLoadError, OnnxModel
 from modelplane_runtime.protocol import InferenceRequest
@@ -32,7 +31,8 @@ class InferenceEngine:
         self.model: OnnxModel | None = None
         self.not_ready_reason: str | None = "the model is loading"
         self._draining = False
-        self._reading = 0  # infer requests whose body is still being read
+        # When each request whose body is still being read started reading.
+        self._reading: dict[object, float] = {}
         self._batcher: Batcher | None = None
 
     def load(self) -> None:
@@ -58,7 +58,7 @@ class InferenceEngine:
                 max_latency_ms=self.settings.max_latency_ms,
                 metrics=self.metrics,
                 max_queued=self.settings.queue_limit,
-                more_coming=lambda: self._reading > 0,
+                more_coming=self._bodies_arriving,
             )
             self._batcher.start()
 
@@ -73,12 +73,21 @@ class InferenceEngine:
 
     @contextlib.contextmanager
     def reading_body(self) -> Iterator[None]:
-        """While a request body is being read: the batcher waits for it (within its latency)."""
-        self._reading += 1
+        """While a request body is being read: the batcher may wait for it (see below)."""
+        token = object()
+        self._reading[token] = time.perf_counter()
         try:
             yield
         finally:
-            self._reading -= 1
+            del self._reading[token]
+
+    def _bodies_arriving(self) -> bool:
+        """Is a request about to join the batch? Only one whose body started arriving within
+        the batching window: a body that stalls must not hold up every batch behind it."""
+        if not self._reading:
+            return False
+        since = time.perf_counter() - self.settings.max_latency_ms / 1000
+        return any(started > since for started in self._reading.values())
 
     @property
     def ready(self) -> bool:
@@ -118,12 +127,6 @@ class InferenceEngine:
             raise NotReady(f"model '{name}' is not ready")
         selected = model.check_outputs([o.name for o in request.outputs or []])
         arrays = model.decode_inputs(request.inputs)
-        try:
-            async with asyncio.timeout(self.settings.request_timeout_seconds):
-                outputs = await batcher.infer(arrays)
-        except TimeoutError:
-            raise RequestTimeout(
-                f"inference did not finish within {self.settings.request_timeout_seconds}s"
-            ) from None
+        outputs = await batcher.infer(arrays)  # the caller bounds the whole request's time
         by_name = dict(zip(model.output_names, outputs, strict=True))
         return model, {n: by_name[n] for n in selected or model.output_names}

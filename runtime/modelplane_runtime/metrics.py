@@ -55,6 +55,12 @@ _QUEUE_FULL = Counter(
     "Inference requests refused with 503 because the batcher's queue was full.",
     ["model"],
 )
+_CONNECTIONS_REFUSED = Counter(
+    "modelplane_connections_refused",
+    "Client connections answered and closed before a request reached the application, by HTTP"
+    " status (400 malformed, 408 headers too slow, 431 headers too large, 503 too many).",
+    ["status"],
+)
 _INFO = Gauge(
     "modelplane_model_info",
     "The loaded model and the execution provider in use.",
@@ -76,7 +82,12 @@ class RuntimeMetrics:
         self.queue_full = _QUEUE_FULL.labels(model)
 
     def failure(self, status: int) -> None:
-        _REQUESTS.labels(self.model, str(status)).inc()
+        """Count an answer by its status; 499 is a client that left before its answer."""
+        _REQUESTS.labels(self.model, "client_closed" if status == 499 else str(status)).inc()
 
     def loaded(self, provider: str) -> None:
         _INFO.labels(self.model, provider).set(1)
+
+
+def connections_refused(status: int) -> None:
+    _CONNECTIONS_REFUSED.labels(str(status)).inc()

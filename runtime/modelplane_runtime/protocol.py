@@ -66,7 +66,7 @@ class RequestInput(_Wire):
     parameters: dict[str, Any] | None = None
     data: Any = Field(default=None)
     # Raw little-endian bytes when sent with the binary tensor data extension.
-    _binary: bytes | None = PrivateAttr(default=None)
+    _binary: memoryview | None = PrivateAttr(default=None)
 
     @property
     def binary_size(self) -> int | None:
@@ -182,7 +182,7 @@ def _non_finite_from_text(spec: RequestInput, raw: np.ndarray[Any, Any]) -> np.n
 
 
 def _tensor_from_bytes(
-    spec: RequestInput, dtype: np.dtype[Any], raw: bytes
+    spec: RequestInput, dtype: np.dtype[Any], raw: memoryview
 ) -> np.ndarray[Any, Any]:
     expected = math.prod(spec.shape) * dtype.itemsize
     if len(raw) != expected:
@@ -198,17 +198,20 @@ def _tensor_from_bytes(
 BINARY_HEADER = "inference-header-content-length"
 
 
-def split_binary_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
-    """(JSON part, binary tail) of a request body."""
+def split_binary_body(
+    body: bytes | bytearray, header_length: str | None
+) -> tuple[memoryview, memoryview]:
+    """(JSON part, binary tail) of a request body: views, not copies."""
+    view = memoryview(body)
     if header_length is None:
-        return body, b""
-    if not header_length.isdigit() or int(header_length) > len(body):
+        return view, view[len(view) :]
+    if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):
         raise BadRequest(f"Inference-Header-Content-Length {header_length} does not fit the body")
     length = int(header_length)
-    return body[:length], body[length:]
+    return view[:length], view[length:]
 
 
-def attach_binary_inputs(request: InferenceRequest, tail: bytes) -> None:
+def attach_binary_inputs(request: InferenceRequest, tail: memoryview) -> None:
     """Give each input declaring ``binary_data_size`` its slice of the tail, in order."""
     offset = 0
     for item in request.inputs:

@@ -24,6 +24,7 @@ from modelplane_api.settings import RuntimeSettings
 
 if TYPE_CHECKING:
     from modelplane_runtime.inference import InferenceEngine
+from modelplane_runtime.connections import ConnectionLimits, guarded_protocol
 from modelplane_runtime.middleware import lean
 
 log = logging.getLogger("modelplane.runtime")
@@ -56,6 +57,9 @@ def configure_logging() -> None:
         level=os.environ.get("MODELPLANE_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # uvicorn logs its start-up and shutdown steps as "uvicorn.error" at INFO; only its
+    # errors are kept (the runtime says what it serves, and when it drains, itself).
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
 
 
 def serve(settings: RuntimeSettings) -> None:
@@ -63,10 +67,11 @@ def serve(settings: RuntimeSettings) -> None:
     configure_logging()
     _use_single_process_metrics()
     from modelplane_runtime.inference import InferenceEngine
-    from modelplane_runtime.service import InferFastPath, build_service
+    from modelplane_runtime.service import InferFastPath, answer_errors_as_json, build_service
 
     engine = InferenceEngine(settings)
     app = build_service(engine).to_asgi(is_main=True)
+    answer_errors_as_json(app)
     # A response must start within the request timeout; a little margin for the batcher's.
     deadline = settings.request_timeout_seconds + 5
     app.user_middleware[:] = lean(app.user_middleware, Middleware(InferFastPath), deadline)
@@ -75,14 +80,16 @@ def serve(settings: RuntimeSettings) -> None:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
         lifespan="on",
         log_config=None,
         access_log=False,
         server_header=False,
         proxy_headers=False,  # a pod behind a Service: no proxy headers to trust
         timeout_graceful_shutdown=settings.request_timeout_seconds,
+        timeout_keep_alive=settings.keep_alive_seconds,  # type: ignore[arg-type]
+        http=guarded_protocol(ConnectionLimits.of(settings)),
     )
+    log.info("serving %s on http://%s:%d", settings.model_name, settings.host, settings.port)
     # uvicorn re-raises the signal into the handler that was there before it once it
     # has drained; a no-op there makes a completed drain exit 0, not "killed by SIGTERM".
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -16,6 +16,7 @@ errors are rendered once, in :func:`_error`, as ``{"error": "..."}``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -27,18 +28,25 @@ import bentoml
 import orjson
 from pydantic import ValidationError
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelplane_api import facts
+from modelplane_api.settings import RuntimeSettings
 from modelplane_runtime import __version__
+from modelplane_runtime.connections import MALFORMED_BODY
 from modelplane_runtime.errors import (
+    CLIENT_CLOSED,
     BadRequest,
+    BodyTimeout,
+    ClientClosed,
     ModelNotFound,
     NotReady,
     PayloadTooLarge,
+    RequestTimeout,
     ServingError,
 )
 from modelplane_runtime.inference import InferenceEngine
@@ -76,6 +84,9 @@ def _route(handler: Callable[[Request, InferenceEngine], Awaitable[Response]]) -
     async def endpoint(request: Request) -> Response:
         try:
             return await handler(request, _engine())
+        except ClientClosed:
+            log.info("%s %s: the client left before its answer", request.method, request.url.path)
+            return Response(status_code=CLIENT_CLOSED)  # nobody is left to read it
         except ServingError as problem:
             return _error(problem.status, problem.message, problem.headers)
         except Exception:  # a bug: logged here with its traceback, never sent
@@ -132,12 +143,20 @@ async def infer(request: Request, engine: InferenceEngine) -> Response:
     try:
         _check_version(request)
         engine.model_for(name)  # 404/503 before reading a body we would not use
-        with engine.reading_body():
-            body = await _read_body(request, engine.settings.max_request_bytes)
-        json_part, binary = split_binary_body(body, request.headers.get(BINARY_HEADER))
-        parsed = _parse(json_part)
-        attach_binary_inputs(parsed, binary)
-        model, outputs = await engine.infer(name, parsed)
+        timeout = engine.settings.request_timeout_seconds
+        try:
+            async with asyncio.timeout(timeout):
+                with engine.reading_body():
+                    body = await _read_body(request, engine.settings)
+                json_part, binary = split_binary_body(body, request.headers.get(BINARY_HEADER))
+                parsed = _parse(json_part)
+                del body, json_part
+                attach_binary_inputs(parsed, binary)
+                model, outputs = await engine.infer(name, parsed)
+        except TimeoutError:
+            raise RequestTimeout(
+                f"no answer within {timeout}s (runtime.requestTimeoutSeconds)"
+            ) from None
         content, headers = encode_response(model.name, parsed, outputs)
         media = "application/octet-stream" if headers else "application/json"
         response = Response(content, media_type=media, headers=headers)
@@ -153,30 +172,46 @@ async def infer(request: Request, engine: InferenceEngine) -> Response:
     return response
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, settings: RuntimeSettings) -> bytearray:
+    """The whole body, bounded in size and in the silence between its parts."""
+    limit, idle = settings.max_request_bytes, settings.body_idle_seconds
+
     def too_large(size: str) -> PayloadTooLarge:
         return PayloadTooLarge(
-            f"request body of {size} bytes is over the {limit}-byte limit (runtime.maxRequestBytes)"
+            f"request body of {size} bytes is over the {limit}-byte limit "
+            "(runtime.maxRequestBytes)",
+            {"Connection": "close"},
         )
 
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not (declared.isascii() and declared.isdigit()):
             raise BadRequest("Content-Length must be a whole number")
         if int(declared) > limit:
             raise too_large(declared)
-        return await request.body()
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
+    body = bytearray()
+    while True:
+        try:
+            async with asyncio.timeout(idle):
+                message = await request.receive()
+        except TimeoutError:
+            raise BodyTimeout(
+                f"request body stalled: nothing received for {idle:g}s after "
+                f"{len(body)} bytes (MODELPLANE_BODY_IDLE_SECONDS)",
+                {"Connection": "close"},
+            ) from None
+        if message["type"] == "http.disconnect":
+            if request.scope.get(MALFORMED_BODY):
+                raise BadRequest("malformed request body (bad chunked encoding)")
+            raise ClientClosed("the client closed the connection")
+        body += message.get("body", b"")
+        if len(body) > limit:
             raise too_large(f"more than {limit}")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return body
 
 
-def _parse(body: bytes) -> InferenceRequest:
+def _parse(body: bytes | bytearray | memoryview) -> InferenceRequest:
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -227,13 +262,16 @@ class InferFastPath:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            found = _INFER_PATH.match(scope["path"])
-            if found is not None:
+        if scope["type"] == "http" and (found := _INFER_PATH.match(scope["path"])) is not None:
+            if scope["method"] == "POST":
                 scope["path_params"] = {k: v for k, v in found.groupdict().items() if v}
                 response = await _infer_endpoint(Request(scope, receive))
-                await response(scope, receive, send)
-                return
+            else:
+                response = _error(
+                    405, f"inference is POST, not {scope['method']}", {"Allow": "POST"}
+                )
+            await response(scope, receive, send)
+            return
         await self.app(scope, receive, send)
 
 
@@ -256,6 +294,38 @@ oip_app = _BareStarlette(
     ],
     lifespan=_lifespan,
 )
+
+
+async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
+    await _error(404, f"no route {scope['path']}; see GET /v2 and /v2/models/{{name}}")(
+        scope, receive, send
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (405 for a wrong method, ...), as OIP errors."""
+    status = getattr(exc, "status_code", 500)
+    detail = getattr(exc, "detail", "") or "error"
+    if status == 404:
+        detail = f"no route {request.url.path}; see GET /v2 and /v2/models/{{name}}"
+    elif status == 405:
+        detail = f"{request.method} is not allowed on {request.url.path}"
+    return _error(status, detail, getattr(exc, "headers", None))
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.error("unhandled error on %s %s: %r", request.method, request.url.path, exc)
+    return _error(500, "internal error; see the server log")
+
+
+def answer_errors_as_json(app: Starlette) -> None:
+    """Every error the app itself produces is ``{"error": ...}``; no redirect is built
+    from the request's Host header (slash redirects are off)."""
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _internal_error)
+    for router in (app.router, oip_app.router):
+        router.redirect_slashes = False
+    oip_app.router.default = _not_found
 
 
 def build_service(engine: InferenceEngine) -> Any:
