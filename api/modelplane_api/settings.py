@@ -60,6 +60,8 @@ class RuntimeSettings(BaseSettings):
     max_header_bytes: int = Field(
         default=facts.MAX_HEADER_BYTES, ge=1024, le=facts.MAX_HEADER_BYTES_LIMIT
     )
+    # The pod's memory limit, for the request memory budget; unset: the cgroup's limit.
+    memory_limit_bytes: int | None = Field(default=None, ge=1)
     max_connections: int = Field(
         default=facts.MAX_CONNECTIONS, ge=1, le=facts.MAX_CONNECTIONS_LIMIT
     )

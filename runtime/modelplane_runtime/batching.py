@@ -117,6 +117,7 @@ class Batcher:
                 continue
             await self._wait_for_arrivals(batch)
             await self._run(batch)
+            del batch  # else the last batch's tensors live on while the lane idles
 
     def _take(self, batch: list[_Pending]) -> list[_Pending]:
         """Move compatible live requests from the queue into ``batch``, oldest first."""
@@ -198,9 +199,11 @@ class Batcher:
         Handing a run to the thread and back costs tens of microseconds and two
         wake-ups; for a model that computes in less, that hand-off is most of the
         request. A long run would stall the loop (no new requests accepted, parsed or
-        batched meanwhile), so it goes to the thread, where onnxruntime drops the GIL.
+        batched meanwhile), so it goes to the thread, where onnxruntime drops the GIL;
+        so does a run of more rows than a batch holds (one large request).
         """
-        if self._typical_run_seconds < INLINE_RUN_SECONDS:
+        short = self._typical_run_seconds < INLINE_RUN_SECONDS
+        if short and rows(arrays) <= self.max_batch_size:
             started = time.perf_counter()
             outputs = function(arrays)
             self._observe_run(time.perf_counter() - started)

@@ -6,10 +6,12 @@ back the OIP response body; everything between the wire and onnxruntime is here.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -17,11 +19,21 @@ import numpy as np
 from modelplane_api.settings import RuntimeSettings
 from modelplane_runtime.batching import Batcher
 from modelplane_runtime.errors import ModelNotFound, NotReady
+from modelplane_runtime.memory import MemoryBudget, memory_limit
 from modelplane_runtime.metrics import RuntimeMetrics
 from modelplane_runtime.model import ModelLoadError, OnnxModel
 from modelplane_runtime.protocol import InferenceRequest
 
 log = logging.getLogger("modelplane.runtime")
+
+
+# Large requests are parsed and decoded here, one at a time: off the event loop, and with
+# one thread (not one per request) contending with it for the GIL, so probes stay fast.
+DECODER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decoder")
+
+
+# A body still being read this long after it began is slow or stalled, not "about to arrive".
+ARRIVING_SECONDS = 0.1
 
 
 class InferenceEngine:
@@ -34,6 +46,7 @@ class InferenceEngine:
         # When each request whose body is still being read started reading.
         self._reading: dict[object, float] = {}
         self._batcher: Batcher | None = None
+        self.memory = MemoryBudget(None, self.metrics.memory_refused.inc)
 
     def load(self) -> None:
         """Load and warm up the model; on failure stay up, not ready, saying why."""
@@ -51,6 +64,10 @@ class InferenceEngine:
         log.info("model %s ready in %.2fs", model.name, time.perf_counter() - started)
 
     def start(self) -> None:
+        limit = memory_limit(self.settings.memory_limit_bytes)
+        self.memory = MemoryBudget.for_limit(limit, self.metrics.memory_refused.inc, DECODER)
+        if self.memory.total is not None:
+            self.metrics.memory_budget(self.memory.total)
         if self.model is not None:
             self._batcher = Batcher(
                 self.model,
@@ -82,11 +99,11 @@ class InferenceEngine:
             del self._reading[token]
 
     def _bodies_arriving(self) -> bool:
-        """Is a request about to join the batch? Only one whose body started arriving within
-        the batching window: a body that stalls must not hold up every batch behind it."""
+        """Is a request about to join the batch? Only one whose body started arriving in the
+        last ARRIVING_SECONDS: a body that stalls must not hold up every batch behind it."""
         if not self._reading:
             return False
-        since = time.perf_counter() - self.settings.max_latency_ms / 1000
+        since = time.perf_counter() - ARRIVING_SECONDS
         return any(started > since for started in self._reading.values())
 
     @property
@@ -118,15 +135,22 @@ class InferenceEngine:
         return self.model
 
     async def infer(
-        self, name: str, request: InferenceRequest
+        self, name: str, request: InferenceRequest, *, large: bool = False
     ) -> tuple[OnnxModel, dict[str, np.ndarray[Any, Any]]]:
-        """The model and its requested outputs (all of them when none are named)."""
+        """The model and its requested outputs (all of them when none are named).
+
+        A ``large`` request's tensors are decoded on a worker thread, so that the event
+        loop keeps answering (health probes above all) meanwhile."""
         model = self.model_for(name)
         batcher = self._batcher
         if batcher is None:  # model_for checked readiness; this guards a logic error
             raise NotReady(f"model '{name}' is not ready")
         selected = model.check_outputs([o.name for o in request.outputs or []])
-        arrays = model.decode_inputs(request.inputs)
+        if large:
+            loop = asyncio.get_running_loop()
+            arrays = await loop.run_in_executor(DECODER, model.decode_inputs, request.inputs)
+        else:
+            arrays = model.decode_inputs(request.inputs)
         outputs = await batcher.infer(arrays)  # the caller bounds the whole request's time
         by_name = dict(zip(model.output_names, outputs, strict=True))
         return model, {n: by_name[n] for n in selected or model.output_names}

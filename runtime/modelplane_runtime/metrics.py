@@ -61,6 +61,18 @@ _CONNECTIONS_REFUSED = Counter(
     " status (400 malformed, 408 headers too slow, 431 headers too large, 503 too many).",
     ["status"],
 )
+_MEMORY_REFUSED = Counter(
+    "modelplane_memory_refused",
+    "Inference requests refused with 503 because the request memory budget was in use.",
+    ["model"],
+)
+_MEMORY_BUDGET = Gauge(
+    "modelplane_request_memory_budget_bytes",
+    "Memory request bodies may claim (what the memory limit leaves after start-up, less a "
+    "margin); absent without a known limit.",
+    ["model"],
+    multiprocess_mode="max",
+)
 _INFO = Gauge(
     "modelplane_model_info",
     "The loaded model and the execution provider in use.",
@@ -80,10 +92,14 @@ class RuntimeMetrics:
         self.batch_size = _BATCH.labels(model)
         self.pending = _PENDING.labels(model)
         self.queue_full = _QUEUE_FULL.labels(model)
+        self.memory_refused = _MEMORY_REFUSED.labels(model)
 
     def failure(self, status: int) -> None:
         """Count an answer by its status; 499 is a client that left before its answer."""
         _REQUESTS.labels(self.model, "client_closed" if status == 499 else str(status)).inc()
+
+    def memory_budget(self, total: int) -> None:
+        _MEMORY_BUDGET.labels(self.model).set(total)
 
     def loaded(self, provider: str) -> None:
         _INFO.labels(self.model, provider).set(1)

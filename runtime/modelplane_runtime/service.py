@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelplane_api import facts
 from modelplane_api.settings import RuntimeSettings
@@ -45,11 +45,14 @@ from modelplane_runtime.errors import (
     ClientClosed,
     ModelNotFound,
     NotReady,
+    Overloaded,
     PayloadTooLarge,
     RequestTimeout,
     ServingError,
 )
-from modelplane_runtime.inference import InferenceEngine
+from modelplane_runtime.inference import DECODER, InferenceEngine
+from modelplane_runtime.json_tensors import SMALL_BODY, parse_body
+from modelplane_runtime.memory import Reservation
 from modelplane_runtime.protocol import (
     BINARY_HEADER,
     InferenceRequest,
@@ -144,20 +147,35 @@ async def infer(request: Request, engine: InferenceEngine) -> Response:
         _check_version(request)
         engine.model_for(name)  # 404/503 before reading a body we would not use
         timeout = engine.settings.request_timeout_seconds
+        reservation = engine.memory.reservation()
         try:
             async with asyncio.timeout(timeout):
                 with engine.reading_body():
-                    body = await _read_body(request, engine.settings)
+                    body = await _read_body(request, engine.settings, reservation)
+                large = len(body) >= LARGE_BODY
                 json_part, binary = split_binary_body(body, request.headers.get(BINARY_HEADER))
-                parsed = _parse(json_part)
+                if large:
+                    loop = asyncio.get_running_loop()
+                    parsed = await loop.run_in_executor(DECODER, _parse, json_part)
+                else:
+                    parsed = _parse(json_part)
                 del body, json_part
                 attach_binary_inputs(parsed, binary)
-                model, outputs = await engine.infer(name, parsed)
+                model, outputs = await engine.infer(name, parsed, large=large)
+            if large:  # a large answer is encoded off the event loop too
+                loop = asyncio.get_running_loop()
+                encoded = loop.run_in_executor(
+                    DECODER, encode_response, model.name, parsed, outputs
+                )
+                content, headers = await encoded
+            else:
+                content, headers = encode_response(model.name, parsed, outputs)
         except TimeoutError:
             raise RequestTimeout(
                 f"no answer within {timeout}s (runtime.requestTimeoutSeconds)"
             ) from None
-        content, headers = encode_response(model.name, parsed, outputs)
+        finally:
+            reservation.release()
         media = "application/octet-stream" if headers else "application/json"
         response = Response(content, media_type=media, headers=headers)
     except ServingError as problem:
@@ -172,9 +190,11 @@ async def infer(request: Request, engine: InferenceEngine) -> Response:
     return response
 
 
-async def _read_body(request: Request, settings: RuntimeSettings) -> bytearray:
-    """The whole body, bounded in size and in the silence between its parts."""
-    limit, idle = settings.max_request_bytes, settings.body_idle_seconds
+async def _read_body(
+    request: Request, settings: RuntimeSettings, reservation: Reservation
+) -> bytearray:
+    """The whole body, bounded in size, in memory and in the silence between its parts."""
+    limit = settings.max_request_bytes
 
     def too_large(size: str) -> PayloadTooLarge:
         return PayloadTooLarge(
@@ -189,33 +209,55 @@ async def _read_body(request: Request, settings: RuntimeSettings) -> bytearray:
             raise BadRequest("Content-Length must be a whole number")
         if int(declared) > limit:
             raise too_large(declared)
+        await _admit(request, settings, reservation, int(declared))
     body = bytearray()
     while True:
-        try:
-            async with asyncio.timeout(idle):
-                message = await request.receive()
-        except TimeoutError:
-            raise BodyTimeout(
-                f"request body stalled: nothing received for {idle:g}s after "
-                f"{len(body)} bytes (MODELPLANE_BODY_IDLE_SECONDS)",
-                {"Connection": "close"},
-            ) from None
-        if message["type"] == "http.disconnect":
-            if request.scope.get(MALFORMED_BODY):
-                raise BadRequest("malformed request body (bad chunked encoding)")
-            raise ClientClosed("the client closed the connection")
+        message = await _receive(request, settings, len(body))
         body += message.get("body", b"")
         if len(body) > limit:
             raise too_large(f"more than {limit}")
+        if len(body) > reservation.body_bytes:  # chunked: reserved as it arrives
+            await _admit(request, settings, reservation, len(body))
         if not message.get("more_body", False):
             return body
 
 
-def _parse(body: bytes | bytearray | memoryview) -> InferenceRequest:
+async def _receive(request: Request, settings: RuntimeSettings, so_far: int) -> Message:
+    idle = settings.body_idle_seconds
     try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+        async with asyncio.timeout(idle):
+            message = await request.receive()
+    except TimeoutError:
+        raise BodyTimeout(
+            f"request body stalled: nothing received for {idle:g}s after "
+            f"{so_far} bytes (MODELPLANE_BODY_IDLE_SECONDS)",
+            {"Connection": "close"},
+        ) from None
+    if message["type"] == "http.disconnect":
+        if request.scope.get(MALFORMED_BODY):
+            raise BadRequest("malformed request body (bad chunked encoding)")
+        raise ClientClosed("the client closed the connection")
+    return message
+
+
+async def _admit(
+    request: Request, settings: RuntimeSettings, reservation: Reservation, size: int
+) -> None:
+    """Reserve memory for a body of ``size``; when it must wait, the rest of the body is
+    read and dropped first, so that the client gets the 503 rather than a reset."""
+    try:
+        reservation.grow_to(size)
+    except Overloaded:
+        message: Message = {"more_body": True}
+        received = 0
+        while message.get("more_body", False) and received <= settings.max_request_bytes:
+            message = await _receive(request, settings, received)
+            received += len(message.get("body", b""))
+        raise
+
+
+def _parse(body: bytes | bytearray | memoryview) -> InferenceRequest:
+    document = parse_body(body)
     if not isinstance(document, dict):
         raise BadRequest("request body must be a JSON object with an 'inputs' list")
     try:
@@ -239,6 +281,9 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     finally:
         await engine.stop()
 
+
+# Bodies from this size are parsed and decoded on a worker thread, off the event loop.
+LARGE_BODY = SMALL_BODY
 
 _MODEL = "/v2/models/{name}"
 _VERSION = _MODEL + "/versions/{version}"

@@ -41,9 +41,9 @@ CATALOGUE: list[tuple[str, Any, int, list[str]]] = [
     ("too-few-elements", _with(shape=[2, 4]), 400, ["'x'", "4 elements", "needs 8"]),
     ("too-many-elements", _with(data=[1, 2, 3, 4, 5]), 400, ["'x'", "5 elements", "needs 4"]),
     ("negative-dimension", _with(shape=[-1, 4]), 400, ["'x'", "negative"]),
-    ("strings-for-floats", _with(data=["a", "b", "c", "d"]), 400, ["'x'", "strings"]),
-    ("booleans-for-floats", _with(data=[True, False, True, False]), 400, ["'x'", "booleans"]),
-    ("ragged-nested", _with(data=[[1, 2], [3]]), 400, ["'x'", "rectangular"]),
+    ("strings-for-floats", _with(data=["a", "b", "c", "d"]), 400, ["'x'", "element 0", "string"]),
+    ("booleans-for-floats", _with(data=[True, False, True, False]), 400, ["'x'", "boolean"]),
+    ("ragged-nested", _with(data=[[1, 2], [3]]), 400, ["'x'", "3 elements"]),
     (
         "data-missing",
         {"inputs": [{k: v for k, v in GOOD_INPUT.items() if k != "data"}]},

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import pytest
-import requests
 
+from modelplane_testkit import raw_http
 from modelplane_testkit.runtime_server import RuntimeServer
 
-CLIENTS = 16
 REQUESTS = 160
 
 
@@ -29,12 +28,18 @@ def chain_server(models: dict[str, Path], logs: Path) -> Iterator[RuntimeServer]
         yield server
 
 
-def _post_all(url: str, bodies: list[dict[str, Any]]) -> list[requests.Response]:
-    def post(body: dict[str, Any]) -> requests.Response:
-        return requests.post(url, json=body, timeout=60)
-
-    with ThreadPoolExecutor(CLIENTS) as pool:
-        return list(pool.map(post, bodies))
+def _post_all(server: RuntimeServer, model: str, bodies: list[dict[str, Any]]) -> list[Any]:
+    """Every request sent at once, each on its own connection, before any answer is read:
+    a burst the server sees whole however busy this machine is (client threads competing
+    for this process's GIL would spread it out, and the batching with it)."""
+    connections = [raw_http.connect(server.port, timeout=60) for _ in bodies]
+    try:
+        for connection, body in zip(connections, bodies, strict=True):
+            connection.sendall(raw_http.infer_request(model, json.dumps(body).encode()))
+        return [raw_http.answer(connection) for connection in connections]
+    finally:
+        for connection in connections:
+            connection.close()
 
 
 def test_concurrent_requests_are_batched_and_answered_individually(
@@ -60,11 +65,11 @@ def test_concurrent_requests_are_batched_and_answered_individually(
     runs_before = chain_server.metric("modelplane_batch_size_count", model="chain")
     rows_before = chain_server.metric("modelplane_batch_size_sum", model="chain")
 
-    responses = _post_all(chain_server.url + "/v2/models/chain/infer", bodies)
+    responses = _post_all(chain_server, "chain", bodies)
 
     session = ort.InferenceSession(str(models["chain"]))
     for i, (x, response) in enumerate(zip(inputs, responses, strict=True)):
-        assert response.status_code == 200, response.text
+        assert response.status == 200, response
         body = response.json()
         assert body["id"] == str(i)
         (want,) = session.run(None, {"x": x})
@@ -90,9 +95,9 @@ def test_unmergeable_shapes_are_still_served(models: dict[str, Path], logs: Path
         for w, x in zip(widths, inputs, strict=True)
     ]
     with RuntimeServer(["--model", str(models["ragged"])], log_dir=logs) as server:
-        responses = _post_all(server.url + "/v2/models/ragged/infer", bodies)
+        responses = _post_all(server, "ragged", bodies)
     for x, response in zip(inputs, responses, strict=True):
-        assert response.status_code == 200, response.text
+        assert response.status == 200, response
         got = np.asarray(response.json()["outputs"][0]["data"], dtype=np.float32)
         np.testing.assert_allclose(got.reshape(x.shape), x * x, rtol=1e-6)
 
@@ -104,10 +109,10 @@ def test_a_fixed_batch_model_is_never_merged(models: dict[str, Path], logs: Path
         for x in inputs
     ]
     with RuntimeServer(["--model", str(models["fixed"])], log_dir=logs) as server:
-        responses = _post_all(server.url + "/v2/models/fixed/infer", bodies)
+        responses = _post_all(server, "fixed", bodies)
         assert server.get("/v2/models/fixed").json()["parameters"]["batchable"] is False
         assert server.metric("modelplane_batch_size_sum", model="fixed") == 2 * len(inputs)
         assert server.metric("modelplane_batch_size_count", model="fixed") == len(inputs)
     for x, response in zip(inputs, responses, strict=True):
-        assert response.status_code == 200, response.text
+        assert response.status == 200, response
         assert response.json()["outputs"][0]["data"] == (x + 1).ravel().tolist()

@@ -28,7 +28,7 @@ LIMITS = {
     "MODELPLANE_BODY_IDLE_SECONDS": "1",
     "MODELPLANE_KEEP_ALIVE_SECONDS": "1",
     "MODELPLANE_MAX_CONNECTIONS": "40",
-    "MODELPLANE_MAX_LATENCY_MS": "300",  # a batch that waited for a stalled body would show
+    "MODELPLANE_MAX_LATENCY_MS": "300",  # a batch that waited for a stalled body would show it
 }
 
 

@@ -1,0 +1,154 @@
+"""The request memory budget: request bodies are admitted against the pod's memory limit.
+
+A request costs memory in proportion to its body (the body itself, its decoded
+tensors, the answer): measured by bench/runtime_limits.py at most
+:data:`COST_PER_BODY_BYTE` times the body for the largest JSON and binary
+requests. The budget is what the memory limit leaves after the loaded model,
+less a margin; a body that does not fit beside those in flight is refused with
+503 and ``Retry-After`` (it would fit later), one that could never fit with 413.
+Without a known limit (no cgroup limit, no MODELPLANE_MEMORY_LIMIT_BYTES) there
+is no budget, only ``maxRequestBytes``.
+
+After a large request glibc keeps the freed pages; they are handed back to the
+kernel (``malloc_trim``) once no large request is in flight, so RSS returns near
+its baseline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+import os
+from collections.abc import Callable
+from concurrent.futures import Executor
+from pathlib import Path
+
+from modelplane_runtime.errors import Overloaded, PayloadTooLarge
+
+log = logging.getLogger("modelplane.runtime")
+
+COST_PER_BODY_BYTE = 3
+HEADROOM = 0.8  # of what the limit leaves after start-up: for allocator slack and the rest
+TRIM_AFTER_BYTES = 8 * 1024 * 1024  # bodies this large give memory back when they are done
+TRIM_DELAY_SECONDS = 0.2
+_UNLIMITED = 1 << 60
+_CGROUP_LIMITS = (
+    Path("/sys/fs/cgroup/memory.max"),  # cgroup v2
+    Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),  # cgroup v1
+)
+
+
+def memory_limit(configured: int | None) -> int | None:
+    """The pod's memory limit: configured, else the cgroup's; None when unlimited."""
+    if configured is not None:
+        return configured
+    for path in _CGROUP_LIMITS:
+        with contextlib.suppress(OSError, ValueError):
+            text = path.read_text().strip()
+            if text != "max" and int(text) < _UNLIMITED:
+                return int(text)
+    return None
+
+
+def resident_bytes() -> int:
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+class MemoryBudget:
+    def __init__(
+        self,
+        total: int | None,
+        on_refusal: Callable[[], None],
+        executor: Executor | None = None,
+    ) -> None:
+        self.total = total
+        self._executor = executor
+        self.in_use = 0
+        self._large_in_flight = 0
+        self._on_refusal = on_refusal
+
+    @classmethod
+    def for_limit(
+        cls, limit: int | None, on_refusal: Callable[[], None], executor: Executor
+    ) -> MemoryBudget:
+        if limit is None:
+            return cls(None, on_refusal, executor)
+        total = max(0, int((limit - resident_bytes()) * HEADROOM))
+        log.info(
+            "request memory budget %d MiB (memory limit %d MiB, after start-up)",
+            total >> 20,
+            limit >> 20,
+        )
+        return cls(total, on_refusal, executor)
+
+    def reservation(self) -> Reservation:
+        return Reservation(self)
+
+    def trim_if_idle(self) -> None:
+        if self._large_in_flight == 0 and _malloc_trim is not None:
+            # Off the event loop: trimming a few hundred MB takes tens of milliseconds
+            # (ctypes lets go of the GIL meanwhile).
+            asyncio.get_running_loop().run_in_executor(self._executor, _malloc_trim, 0)
+
+
+class Reservation:
+    """The memory one request holds; grown as its body arrives, released when it is done."""
+
+    def __init__(self, budget: MemoryBudget) -> None:
+        self.budget = budget
+        self.body_bytes = 0
+        self.held = 0
+
+    def grow_to(self, body_bytes: int) -> None:
+        budget = self.budget
+        if body_bytes >= TRIM_AFTER_BYTES > self.body_bytes:
+            budget._large_in_flight += 1
+        self.body_bytes = body_bytes
+        if budget.total is None:
+            return
+        needed = body_bytes * COST_PER_BODY_BYTE - self.held
+        if needed <= 0:
+            return
+        if body_bytes * COST_PER_BODY_BYTE > budget.total:
+            raise PayloadTooLarge(
+                f"a body of {body_bytes} bytes needs about {body_bytes * COST_PER_BODY_BYTE >> 20}"
+                f" MiB to serve, more than this pod's request memory budget of "
+                f"{budget.total >> 20} MiB; raise the memory limit or send smaller requests",
+                {"Connection": "close"},
+            )
+        if budget.in_use + needed > budget.total:
+            budget._on_refusal()
+            refusal = Overloaded(
+                f"not enough memory for this request beside those in flight "
+                f"({budget.in_use >> 20} of {budget.total >> 20} MiB in use); retry later",
+                retry_after=1,
+            )
+            refusal.headers["Connection"] = "close"  # its body is left unread
+            raise refusal
+        budget.in_use += needed
+        self.held += needed
+
+    def release(self) -> None:
+        budget = self.budget
+        budget.in_use -= self.held
+        self.held = 0
+        if self.body_bytes >= TRIM_AFTER_BYTES:
+            budget._large_in_flight -= 1
+            # Later, not now: the request's arrays are freed only once its handler returns.
+            asyncio.get_running_loop().call_later(TRIM_DELAY_SECONDS, budget.trim_if_idle)
+        self.body_bytes = 0
+
+
+def _load_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    with contextlib.suppress(OSError, AttributeError):
+        trim: Callable[[int], int] = ctypes.CDLL(name).malloc_trim
+        return trim
+    return None
+
+
+_malloc_trim = _load_trim()
