@@ -16,6 +16,10 @@ from importlib.metadata import entry_points
 from typing import NoReturn
 
 COMMANDS_GROUP = "modelplane.commands"
+DESCRIPTION = (
+    "modelplane: ONNX models as a service on Kubernetes. Render what the operator applies,"
+    " serve a model locally or in a pod, fetch and export models."
+)
 
 
 class UsageError(Exception):
@@ -35,11 +39,28 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message} (see --help)")
 
 
+class HELP_FORMAT(argparse.HelpFormatter):  # noqa: N801 - used like argparse's constants
+    """--help shows each option's default after its text, where it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 1-65535."""
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
+    return int(text)
+
+
 Registrar = Callable[["argparse._SubParsersAction[Parser]"], None]
 
 
 def run(argv: Sequence[str] | None, *, prog: str, registrars: Iterable[Registrar]) -> int:
-    parser = Parser(prog=prog, description=(__doc__ or "").split("\n\n")[0])
+    parser = Parser(prog=prog, description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for register in registrars:
         register(commands)

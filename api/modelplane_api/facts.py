@@ -21,6 +21,10 @@ METRICS_PATH = "/metrics"
 MODEL_VERSION = "1"  # the only version a runtime serves
 MODEL_DIR = "/mnt/models"
 FETCHED_MODEL_FILE = "model.onnx"
+# A runtime that cannot load its model exits, writing "ModelLoadFailed: <why>" here
+# (the kubelet's default terminationMessagePath); the operator puts it into status.
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+MODEL_LOAD_FAILED = "ModelLoadFailed"
 SCRATCH_DIRS = (("tmp", "/tmp"), ("cache", "/home/modelplane/.cache"))  # noqa: S108
 
 # The autoscaling signal: the runtime's gauge, the HPA's Pods metric.

@@ -60,6 +60,8 @@ class RuntimeSettings(BaseSettings):
     max_header_bytes: int = Field(
         default=facts.MAX_HEADER_BYTES, ge=1024, le=facts.MAX_HEADER_BYTES_LIMIT
     )
+    # Where a model that cannot load says why as the process exits (the kubelet's default).
+    termination_message_path: Path = Path(facts.TERMINATION_MESSAGE_PATH)
     # The pod's memory limit, for the request memory budget; unset: the cgroup's limit.
     memory_limit_bytes: int | None = Field(default=None, ge=1)
     max_connections: int = Field(

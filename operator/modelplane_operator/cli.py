@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from modelplane_api.cli import CommandFailed, Parser
+from modelplane_api.cli import HELP_FORMAT, CommandFailed, Parser
 from modelplane_api.loader import load_model_deployments
 from modelplane_api.spec import InvalidSpecError
 from modelplane_operator.config import OperatorConfig
@@ -28,7 +28,11 @@ def _render(args: argparse.Namespace) -> int:
 
 def add_commands(commands: argparse._SubParsersAction[Parser]) -> None:
     render = commands.add_parser(
-        "render", help="print the Kubernetes objects the operator applies for a ModelDeployment"
+        "render",
+        help="print the Kubernetes objects the operator applies for a ModelDeployment",
+        description="Print, as YAML, every object the operator would apply for the"
+        " ModelDeployments in a file: the same renderers, no cluster needed.",
+        formatter_class=HELP_FORMAT,
     )
     render.add_argument("-f", "--file", required=True, help="ModelDeployment YAML (may hold many)")
     render.set_defaults(handler=_render)

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from modelplane_api import names
+from modelplane_api import facts, names
 from modelplane_api.spec import Condition, ModelDeploymentStatus, ModelStatus
 
 Obj = Mapping[str, Any]
@@ -60,6 +60,21 @@ def _fetch_failure(pods: Sequence[Obj]) -> str | None:
                     return (
                         detail.splitlines()[-1] if detail else f"exit code {terminated['exitCode']}"
                     )
+    return None
+
+
+def _load_failure(pods: Sequence[Obj]) -> str | None:
+    """What a runtime that could not load its model said as it exited (its termination
+    message), while it has not come up since."""
+    prefix = facts.MODEL_LOAD_FAILED + ": "
+    for pod in pods:
+        for status in pod.get("status", {}).get("containerStatuses", []):
+            if status.get("name") != names.RUNTIME_CONTAINER or status.get("ready"):
+                continue
+            for state in (status.get("state", {}), status.get("lastState", {})):
+                message = ((state.get("terminated") or {}).get("message") or "").strip()
+                if message.startswith(prefix):
+                    return message.removeprefix(prefix)
     return None
 
 
@@ -119,6 +134,8 @@ def judge_deployment(  # noqa: PLR0911 - one early answer per reason reads best
         )
     if (failure := _fetch_failure(pods)) is not None:
         return Verdict(False, "ModelFetchFailed", f"the model fetch failed: {failure}")
+    if (failure := _load_failure(pods)) is not None:
+        return Verdict(False, facts.MODEL_LOAD_FAILED, failure)
     if (why := _unschedulable(pods)) is not None:
         return Verdict(False, "Unschedulable", why)
     if not seen:

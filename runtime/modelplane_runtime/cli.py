@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from modelplane_api import facts
-from modelplane_api.cli import CommandFailed, Parser, run
+from modelplane_api.cli import HELP_FORMAT, CommandFailed, Parser, port_number, run
 from modelplane_api.settings import RuntimeSettings
 from modelplane_runtime.errors import ServingError
 
@@ -51,13 +51,27 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def add_commands(commands: argparse._SubParsersAction[Parser]) -> None:
-    serve = commands.add_parser("serve", help="serve a model over the Open Inference Protocol")
+    serve = commands.add_parser(
+        "serve",
+        help="serve a model over the Open Inference Protocol",
+        description="Serve one ONNX model over the Open Inference Protocol (KServe V2) REST API."
+        " With neither --model nor -f, every setting comes from MODELPLANE_* variables (in a pod)."
+        " Settings the flags do not name (limits, timeouts, batching) come from MODELPLANE_*"
+        " variables; see the README's Limits section.",
+        formatter_class=HELP_FORMAT,
+    )
     source = serve.add_mutually_exclusive_group()
-    source.add_argument("--model", help="an .onnx file to serve")
-    source.add_argument("-f", "--file", help="a ModelDeployment YAML to serve locally")
-    serve.add_argument("--name", help="model name in URLs (default: file stem or metadata.name)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=facts.HTTP_PORT)
+    source.add_argument("--model", metavar="FILE", help="an .onnx file to serve")
+    source.add_argument(
+        "-f", "--file", metavar="YAML", help="a ModelDeployment manifest to serve as its pod would"
+    )
+    serve.add_argument(
+        "--name", help="the model's name in URLs (default: the file's stem, or metadata.name)"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument(
+        "--port", type=port_number, default=facts.HTTP_PORT, help="port to listen on"
+    )
     serve.add_argument(
         "--allow-cpu-fallback",
         action="store_true",
@@ -65,25 +79,34 @@ def add_commands(commands: argparse._SubParsersAction[Parser]) -> None:
     )
     serve.set_defaults(handler=_failing_as_commands(_serve))
 
-    fetch = commands.add_parser("fetch", help="copy a model URI to a local file, atomically")
+    fetch = commands.add_parser(
+        "fetch",
+        help="copy a model URI to a local file, atomically",
+        description="Copy a model to a local file; with --sha256 a mismatch writes nothing.",
+        formatter_class=HELP_FORMAT,
+    )
     fetch.add_argument("uri", help="file://, http(s)://, s3:// or gs:// URI")
     fetch.add_argument("destination", help="local path to write")
-    fetch.add_argument("--sha256", help="expected sha256; a mismatch writes nothing")
+    fetch.add_argument("--sha256", help="expected sha256 (64 hex digits); none: not checked")
     fetch.set_defaults(handler=_failing_as_commands(_fetch))
 
     export = commands.add_parser(
-        "export", help="export a torch module to ONNX and check it against torch"
+        "export",
+        help="export a torch module to ONNX and check it against torch",
+        description="Export a torch module to ONNX (batch axis dynamic) and compare the"
+        " exported model's outputs with torch's on random inputs.",
+        formatter_class=HELP_FORMAT,
     )
     export.add_argument("target", help="module:callable returning a torch.nn.Module")
     export.add_argument("output", help="the .onnx file to write")
     export.add_argument(
         "--input-shape", required=True, help="one input's shape, batch axis first, e.g. 1,3,224,224"
     )
-    export.add_argument("--dtype", default="float32", help="input dtype (default float32)")
+    export.add_argument("--dtype", default="float32", help="the input's dtype")
     export.add_argument(
         "--tolerance", type=float, default=1e-4, help="largest accepted max-abs difference to torch"
     )
-    export.add_argument("--opset", type=int, default=18)
+    export.add_argument("--opset", type=int, default=18, help="ONNX opset to export to")
     export.set_defaults(handler=_failing_as_commands(_export))
 
 

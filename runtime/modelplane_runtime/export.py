@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from modelplane_api.cli import UsageError
+from modelplane_api.cli import CommandFailed, UsageError
 
 BATCH_SIZES = (1, 3)
 
@@ -59,23 +59,35 @@ def export_module(
             return torch.randn(shape, generator=generator).to(torch_dtype)
         return torch.randint(0, 10, shape, generator=generator).to(torch_dtype)
 
+    try:  # before exporting: a shape the module cannot take is the user's to fix, in one line
+        with torch.no_grad():
+            module(sample(input_shape[0]))
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds; all mean "not this shape"
+        shape = ",".join(map(str, input_shape))
+        raise UsageError(
+            f"--input-shape {shape}: the module does not accept a {dtype} input of that shape: "
+            f"{_first_line(exc)}"
+        ) from None
     output.parent.mkdir(parents=True, exist_ok=True)
     # torch's exporter warns about optional torchvision ops and its own deprecations:
     # nothing a user of this command can act on.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        torch.onnx.export(
-            module,
-            (sample(input_shape[0]),),
-            str(output),
-            input_names=["input"],
-            output_names=["output"],
-            dynamic_shapes=({0: torch.export.Dim("batch")},),
-            opset_version=opset,
-            external_data=False,
-            verbose=False,
-        )
+        try:
+            torch.onnx.export(
+                module,
+                (sample(input_shape[0]),),
+                str(output),
+                input_names=["input"],
+                output_names=["output"],
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                opset_version=opset,
+                external_data=False,
+                verbose=False,
+            )
+        except Exception as exc:  # noqa: BLE001 - the exporter's errors are many and long
+            raise CommandFailed(f"error: torch could not export it: {_first_line(exc)}") from None
     return ExportReport(output, _max_abs_diff(module, output, sample), tolerance)
 
 
@@ -97,6 +109,11 @@ def _max_abs_diff(module: Any, path: Path, sample: Any) -> float:
                 return float("inf")
             worst = max(worst, float(np.max(np.abs(want_np.astype(np.float64) - got))))
     return worst
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:300]
 
 
 def load_target(target: str) -> Any:

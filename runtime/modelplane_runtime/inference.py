@@ -21,7 +21,7 @@ from modelplane_runtime.batching import Batcher
 from modelplane_runtime.errors import ModelNotFound, NotReady
 from modelplane_runtime.memory import MemoryBudget, memory_limit
 from modelplane_runtime.metrics import RuntimeMetrics
-from modelplane_runtime.model import ModelLoadError, OnnxModel
+from modelplane_runtime.model import OnnxModel
 from modelplane_runtime.protocol import InferenceRequest
 
 log = logging.getLogger("modelplane.runtime")
@@ -49,15 +49,13 @@ class InferenceEngine:
         self.memory = MemoryBudget(None, self.metrics.memory_refused.inc)
 
     def load(self) -> None:
-        """Load and warm up the model; on failure stay up, not ready, saying why."""
-        started = time.perf_counter()
-        try:
-            model = OnnxModel.load(self.settings)
-            model.warm_up(self.settings.warmup_iterations, self.settings.max_batch_size)
-        except ModelLoadError as exc:
-            self.not_ready_reason = exc.message
-            log.error("model %s is not ready: %s", self.settings.model_name, exc.message)
+        """Load and warm up the model once; ModelLoadError says why it cannot serve (the
+        server then exits, and in a pod the reason reaches the ModelDeployment's status)."""
+        if self.model is not None:
             return
+        started = time.perf_counter()
+        model = OnnxModel.load(self.settings)
+        model.warm_up(self.settings.warmup_iterations, self.settings.max_batch_size)
         self.model = model
         self.metrics.loaded(model.provider)
         self.not_ready_reason = None

@@ -7,7 +7,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from modelplane_api import facts
-from modelplane_api.cli import UsageError
+from modelplane_api.cli import CommandFailed, UsageError
 from modelplane_api.settings import RuntimeSettings
 
 CACHE = Path.home() / ".cache" / "modelplane" / "models"
@@ -52,7 +52,7 @@ def _from_manifest(
     try:
         deployments = load_model_deployments(manifest)
     except InvalidSpecError as exc:
-        raise UsageError(exc.problems[0] if len(exc.problems) == 1 else str(exc)) from None
+        raise CommandFailed(*exc.problems) from None
     if name is not None:
         deployments = [md for md in deployments if md.name == name]
     if len(deployments) != 1:

@@ -11,22 +11,26 @@ timeout), the batcher drains, then the process exits.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import sys
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
 import uvicorn
 from starlette.middleware import Middleware
 
+from modelplane_api import facts
 from modelplane_api.settings import RuntimeSettings
 
 if TYPE_CHECKING:
     from modelplane_runtime.inference import InferenceEngine
 from modelplane_runtime.connections import ConnectionLimits, guarded_protocol
 from modelplane_runtime.middleware import lean
+from modelplane_runtime.model import ModelLoadError
 
 log = logging.getLogger("modelplane.runtime")
 
@@ -58,9 +62,10 @@ def configure_logging() -> None:
         level=os.environ.get("MODELPLANE_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # uvicorn logs its start-up and shutdown steps as "uvicorn.error" at INFO; only its
-    # errors are kept (the runtime says what it serves, and when it drains, itself).
-    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+    # uvicorn logs its start-up and shutdown steps as "uvicorn.error" at INFO, and every
+    # malformed request at WARNING (a hostile client could fill the log); only its errors
+    # are kept. The runtime says what it serves, and when it drains, itself.
+    logging.getLogger("uvicorn.error").setLevel(logging.ERROR)
 
 
 def serve(settings: RuntimeSettings) -> None:
@@ -74,6 +79,11 @@ def serve(settings: RuntimeSettings) -> None:
     from modelplane_runtime.service import InferFastPath, answer_errors_as_json, build_service
 
     engine = InferenceEngine(settings)
+    try:
+        engine.load()
+    except ModelLoadError as exc:
+        _report_load_failure(settings.termination_message_path, exc.message)
+        raise
     app = build_service(engine).to_asgi(is_main=True)
     answer_errors_as_json(app)
     # A response must start within the request timeout; a little margin for the batcher's.
@@ -99,6 +109,15 @@ def serve(settings: RuntimeSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _drained)
     _DrainingServer(config, engine).run()
+
+
+def _report_load_failure(path: Path, message: str) -> None:
+    """In a pod, say why in the container's termination message, where the operator reads
+    it into the ModelDeployment's status (reason ModelLoadFailed); the command line prints
+    it too, as its one line on stderr."""
+    if path.exists():
+        with contextlib.suppress(OSError):
+            path.write_text(f"{facts.MODEL_LOAD_FAILED}: {message}"[:4000])
 
 
 def _drained(sig: int, frame: FrameType | None) -> None:

@@ -19,7 +19,10 @@ STOP_TIMEOUT = 30.0
 
 
 def run_runtime_cli(
-    *args: str, cwd: Path | None = None, timeout: float = 120
+    *args: str,
+    cwd: Path | None = None,
+    timeout: float = 120,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """``python -m modelplane_runtime ARGS`` to completion, output captured (bounded)."""
     return subprocess.run(
@@ -29,6 +32,7 @@ def run_runtime_cli(
         timeout=timeout,
         cwd=cwd,
         check=False,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -76,7 +80,10 @@ class RuntimeServer:
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"runtime exited early:\n{self.log()}")
+                output = self.log()
+                self.session.close()
+                self._log.close()
+                raise RuntimeError(f"runtime exited early:\n{output}")
             try:
                 if self.session.get(self.url + "/v2/health/live", timeout=2).status_code == 200:
                     return self

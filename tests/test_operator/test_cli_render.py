@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from test_operator.samples import SAMPLE_FILES, SAMPLES_DIR
@@ -56,16 +57,40 @@ def test_invalid_file_gives_one_line_per_problem(tmp_path: Path) -> None:
     assert all(line.startswith(f"{bad} (bad): ") for line in lines)
 
 
-def test_bad_arguments_and_files_give_one_line(tmp_path: Path) -> None:
-    not_yaml = tmp_path / "broken.yaml"
-    not_yaml.write_text("spec: [unclosed\n")
+def test_bad_arguments_give_one_line_and_exit_2(tmp_path: Path) -> None:
     for args in (
         ("render",),
         ("render", "-f", str(tmp_path / "missing.yaml")),
-        ("render", "-f", str(not_yaml)),
         ("launch",),
     ):
         result = _run(*args)
         assert result.returncode == 2, args
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert "Traceback" not in result.stderr
+
+
+BOMB = "\n".join(
+    [f"l0: &l0 [{', '.join(['lol'] * 9)}]"]
+    + [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]
+    + ["apiVersion: modelplane.io/v1alpha1", "kind: ModelDeployment", "spec: *l8"]
+)
+BAD_FILES = {
+    "not-yaml": (b"spec: [unclosed\n", "not valid YAML"),
+    "alias-bomb": (BOMB.encode(), "aliases expand to more than"),
+    "deep-flow": (b"a: " + b"[" * 5000 + b"]" * 5000 + b"\n", "nested more than 64"),
+    "deep-block": ("".join("  " * i + "k:\n" for i in range(200)).encode(), "nested more than 64"),
+    "not-utf8": (b"metadata: {name: \xff\xfe}\n", "not UTF-8 text (byte 0xff at offset 17)"),
+    "empty": (b"# nothing\n", "no ModelDeployment"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_a_bad_file_is_one_line_and_exit_1(tmp_path: Path, case: str) -> None:
+    content, words = BAD_FILES[case]
+    path = tmp_path / f"{case}.yaml"
+    path.write_bytes(content)
+    result = _run("render", "-f", str(path))
+    assert result.returncode == 1, (result.stdout[:200], result.stderr[-500:])
+    assert result.stderr.count("\n") == 1, result.stderr[-2000:]
+    assert words in result.stderr
+    assert result.stderr.startswith(str(path))

@@ -22,6 +22,7 @@ from test_operator.samples import minimal
 
 NS = "models"
 FETCH_ERROR = "error: cannot fetch 's3://b/m.onnx': NoSuchKey"
+LOAD_ERROR = "onnxruntime cannot load /mnt/models/model.onnx: INVALID_PROTOBUF"
 
 
 def _md(name: str = "demo", **spec: Any) -> dict[str, Any]:
@@ -282,6 +283,43 @@ def test_status_follows_pods_and_the_deployment(cluster: Cluster) -> None:
     )
     ready = _wait_reason(cluster, "ModelFetchFailed")
     assert "NoSuchKey" in ready["message"]
+
+    # The fetch is fixed; the file fetched is not a model: the runtime exits saying why.
+    cluster.patch(
+        "pods",
+        NS,
+        "demo-1",
+        {
+            "status": {
+                "initContainerStatuses": [
+                    {
+                        "name": "fetch-model",
+                        "ready": True,
+                        "restartCount": 3,
+                        "state": {"terminated": {"exitCode": 0, "reason": "Completed"}},
+                    }
+                ],
+                "containerStatuses": [
+                    {
+                        "name": "runtime",
+                        "ready": False,
+                        "restartCount": 1,
+                        "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                        "lastState": {
+                            "terminated": {
+                                "exitCode": 1,
+                                "reason": "Error",
+                                "message": f"ModelLoadFailed: {LOAD_ERROR}",
+                            }
+                        },
+                    }
+                ],
+            }
+        },
+        sub="status",
+    )
+    ready = _wait_reason(cluster, "ModelLoadFailed")
+    assert ready["message"] == LOAD_ERROR
 
     cluster.delete("pods", NS, "demo-1")
     cluster.patch(

@@ -19,7 +19,7 @@ from modelplane_runtime.model import (
     check_provider_in_use,
     choose_providers,
 )
-from modelplane_testkit.runtime_server import RuntimeServer
+from modelplane_testkit.runtime_server import RuntimeServer, run_runtime_cli
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -87,21 +87,22 @@ def test_gpu_node_serves_on_cuda(models: dict[str, Path]) -> None:
     assert model.metadata()["parameters"]["execution_provider"] == CUDA
 
 
-def test_real_server_without_gpu_stays_not_ready_and_says_why(
-    models: dict[str, Path], logs: Path
-) -> None:
-    env = {"MODELPLANE_EXECUTION_PROVIDERS": f"{CUDA},{CPU}"}
-    with RuntimeServer(["--model", str(models["relu"])], env=env, log_dir=logs) as server:
-        assert server.get("/v2/health/live").status_code == 200
-        ready = server.get("/v2/health/ready")
-        assert ready.status_code == 503
-        assert "CUDAExecutionProvider requested" in ready.json()["error"]
-        assert "allowCpuFallback" in ready.json()["error"]
-        assert server.get("/readyz").status_code == 503
-        infer = server.post("/v2/models/relu/infer", json={"inputs": []})
-        assert infer.status_code == 503
-        assert "not ready" in infer.json()["error"]
-        assert "CUDAExecutionProvider requested" in server.log()
+def test_real_server_without_gpu_exits_saying_why(models: dict[str, Path], tmp_path: Path) -> None:
+    """Never a silent CPU fallback: the process exits with the reason, and in a pod leaves
+    it as its termination message for the operator (ModelDeployment reason ModelLoadFailed)."""
+    termination = tmp_path / "termination-log"
+    termination.touch()  # the kubelet creates it in a pod; absent on a laptop
+    env = {
+        "MODELPLANE_EXECUTION_PROVIDERS": f"{CUDA},{CPU}",
+        "MODELPLANE_TERMINATION_MESSAGE_PATH": str(termination),
+    }
+    result = run_runtime_cli("serve", "--model", str(models["relu"]), env=env, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "CUDAExecutionProvider requested" in result.stderr
+    assert "allowCpuFallback" in result.stderr
+    message = termination.read_text()
+    assert message.startswith("ModelLoadFailed: CUDAExecutionProvider requested")
 
 
 def test_real_server_with_fallback_serves_on_cpu_and_reports_it(
@@ -119,9 +120,7 @@ def test_real_server_with_fallback_serves_on_cpu_and_reports_it(
         assert "serving on CPU because allowCpuFallback is set" in server.log()
 
 
-def test_unservable_models_are_not_ready_with_a_reason(
-    models: dict[str, Path], logs: Path, tmp_path: Path
-) -> None:
+def test_unservable_models_exit_with_the_reason(models: dict[str, Path], tmp_path: Path) -> None:
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(b"not a model")
     cases = [
@@ -134,7 +133,8 @@ def test_unservable_models_are_not_ready_with_a_reason(
         ),
     ]
     for args, env, reason in cases:
-        with RuntimeServer(args, env=env, log_dir=logs) as server:
-            response = server.get("/v2/health/ready")
-            assert response.status_code == 503
-            assert reason in response.json()["error"]
+        result = run_runtime_cli("serve", *args, env=env, timeout=60)
+        assert result.returncode == 1, (args, result.stderr)
+        assert result.stderr.startswith("error: "), result.stderr
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert reason in result.stderr

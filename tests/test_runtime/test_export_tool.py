@@ -27,6 +27,10 @@ def noisy():
 
 def not_a_module():
     return 42
+
+
+def eight_wide():
+    return torch.nn.Linear(8, 2)
 '''
 
 
@@ -77,3 +81,12 @@ def test_export_bad_arguments_give_one_line(tmp_path: Path) -> None:
         result = _export(*args, cwd=tmp_path)
         assert result.returncode == 2, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_shape_the_module_cannot_take_is_one_line_not_a_torch_dump(tmp_path: Path) -> None:
+    (tmp_path / "my_models.py").write_text(MODULES)
+    result = _export("my_models:eight_wide", "x.onnx", "--input-shape", "1,5", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr[-3000:]
+    assert "--input-shape 1,5: the module does not accept a float32 input" in result.stderr
+    assert not (tmp_path / "x.onnx").exists()

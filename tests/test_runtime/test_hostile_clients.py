@@ -252,3 +252,12 @@ def test_garbage_instead_of_http_is_a_json_400(server: RuntimeServer) -> None:
     assert answer.status == 400, answer
     assert "malformed" in answer.json()["error"]
     assert requests.get(server.url + "/v2/health/live", timeout=10).status_code == 200
+
+
+def test_the_log_holds_no_uvicorn_noise(server: RuntimeServer) -> None:
+    """After every attack above: uvicorn's start-up chatter and its per-request warnings
+    stay out of the log (its name is "uvicorn.error"; only errors may carry it)."""
+    raw_http.exchange(server.port, b"GARBAGE\r\n\r\n")
+    log = server.log()
+    assert "serving relu on http://127.0.0.1" in log
+    assert " uvicorn.error: " not in log, log[-2000:]

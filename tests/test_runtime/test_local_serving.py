@@ -48,7 +48,7 @@ def test_serving_rejects_what_cannot_run_locally(tmp_path: Path) -> None:
     assert "PVC" in pvc.stderr
     assert pvc.stderr.count("\n") == 1
     invalid = serve("-f", str(_manifest(tmp_path, "ftp://x/model.onnx")))
-    assert invalid.returncode == 2
+    assert invalid.returncode == 1  # a bad file, not a bad argument
     assert "spec.model.uri" in invalid.stderr
     missing = serve("--model", str(tmp_path / "absent.onnx"))
     assert missing.returncode == 2
@@ -56,3 +56,18 @@ def test_serving_rejects_what_cannot_run_locally(tmp_path: Path) -> None:
     both = serve("--model", "a.onnx", "-f", "b.yaml")
     assert both.returncode == 2
     assert both.stderr.count("\n") == 1
+
+
+def test_bad_arguments_and_models_fail_fast_in_one_line(tmp_path: Path) -> None:
+    not_onnx = tmp_path / "model.onnx"
+    not_onnx.write_text("this is not a protobuf")
+    for args, status, words in (
+        (("--port", "70000"), 2, "not a port number (1-65535)"),
+        (("--port", "8o80"), 2, "not a port number"),
+        (("--model", str(not_onnx), "--port", "0"), 2, "not a port number"),
+        (("--model", str(not_onnx)), 1, "onnxruntime cannot load"),
+    ):
+        result = run_runtime_cli("serve", *args, timeout=60)
+        assert result.returncode == status, (args, result.stderr)
+        assert words in result.stderr
+        assert result.stderr.count("\n") == 1, result.stderr
