@@ -58,12 +58,14 @@ bench-operator-real: $(STAMP)
 	$(BIN)/python bench/operator_scale.py --target real
 
 # Runtime serving: this runtime vs raw onnxruntime, bare Starlette, KServe, MLServer (~10 min;
+# then what oversized and hostile requests cost it, bench/runtime_limits.py, ~1 min;
 # peers go into bench/.peers on first use). Needs wrk (Debian) and two cores.
 bench: $(STAMP)
 	@command -v wrk >/dev/null || { echo "installing wrk from Debian"; apt-get install -y -q wrk >/dev/null; }
 	@$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[bench]' \
 		2> >(grep -v -e 'is ignored: it is neither' -e 'BuildBackendWarning' >&2 || true)
 	$(BIN)/python bench/runtime_serving.py
+	$(BIN)/python bench/runtime_limits.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

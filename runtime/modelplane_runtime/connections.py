@@ -76,6 +76,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._awaiting_headers = True
         self._header_bytes = 0
         self._tail = b""
+        # When the headers now awaited began: the connection, or the next request's first
+        # byte; None while a keep-alive connection idles (uvicorn's keep-alive timer's job).
+        self._headers_since: float | None = None
         self._header_timer: asyncio.TimerHandle | None = None
 
     # --- connection -----------------------------------------------------------
@@ -90,37 +93,41 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                 (("retry-after", "1"),),
             )
             return
-        self._arm_header_timer()
+        self._headers_since = self.loop.time()
+        # One timer per connection, re-armed when it fires: a timer per request would cost
+        # every request a schedule and a cancel.
+        self._header_timer = self.loop.call_later(
+            self.limits.header_timeout_seconds, self._check_headers
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._awaiting_headers and not self._within_header_limit(data):
-            self._refuse(
-                431,
-                f"request line and headers exceed {self.limits.max_header_bytes} bytes "
-                "(MODELPLANE_MAX_HEADER_BYTES)",
-            )
-            return
+        if self._awaiting_headers:
+            if self._headers_since is None:  # the first bytes of a keep-alive's next request
+                self._headers_since = self.loop.time()
+            tail, self._tail = self._tail, data[-3:]
+            counted = self._header_bytes + len(data)  # may count body bytes: harmless below
+            if counted > self.limits.max_header_bytes:
+                seen = tail + data  # over the limit unless the headers end in this piece
+                ends = [i for i in (seen.find(end) for end in _HEADER_ENDS) if i >= 0]
+                counted = self._header_bytes + ((min(ends) - len(tail)) if ends else len(data))
+                if counted > self.limits.max_header_bytes:
+                    self._refuse(
+                        431,
+                        f"request line and headers exceed {self.limits.max_header_bytes} "
+                        "bytes (MODELPLANE_MAX_HEADER_BYTES)",
+                    )
+                    return
+            self._header_bytes = counted
         super().data_received(data)
-
-    def _within_header_limit(self, data: bytes) -> bool:
-        if self._header_timer is None:  # the first byte of a keep-alive connection's next request
-            self._arm_header_timer()
-        seen = self._tail + data
-        ends = [i for i in (seen.find(end) for end in _HEADER_ENDS) if i >= 0]
-        counted = (min(ends) - len(self._tail)) if ends else len(data)
-        self._header_bytes += max(counted, 0)
-        self._tail = seen[-3:]
-        return self._header_bytes <= self.limits.max_header_bytes
 
     # --- parser callbacks -----------------------------------------------------
 
     def on_headers_complete(self) -> None:
         self._awaiting_headers = False
-        self._disarm_header_timer()
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -128,6 +135,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._awaiting_headers = True
         self._header_bytes = 0
         self._tail = b""
+        self._headers_since = None
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to bytes its parser refuses, as JSON; mid-body, the request
@@ -141,28 +149,31 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     # --- timers and refusals --------------------------------------------------
 
-    def _arm_header_timer(self) -> None:
-        self._disarm_header_timer()
-        self._header_timer = self.loop.call_later(
-            self.limits.header_timeout_seconds, self._headers_too_slow
-        )
-
     def _disarm_header_timer(self) -> None:
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
 
-    def _headers_too_slow(self) -> None:
+    def _check_headers(self) -> None:
         self._header_timer = None
-        if not self._awaiting_headers or self.transport.is_closing():
+        if self.transport.is_closing():
+            return
+        timeout = self.limits.header_timeout_seconds
+        since = self._headers_since
+        if not self._awaiting_headers or since is None:  # a request in flight, or idle
+            self._header_timer = self.loop.call_later(timeout, self._check_headers)
+            return
+        waited = self.loop.time() - since
+        if waited < timeout:
+            self._header_timer = self.loop.call_later(timeout - waited, self._check_headers)
             return
         if self._header_bytes == 0 and self.cycle is None:
             self.transport.close()  # connected and said nothing: no answer owed
             return
         self._refuse(
             408,
-            f"request headers not received within {self.limits.header_timeout_seconds:g} "
-            "seconds (MODELPLANE_HEADER_TIMEOUT_SECONDS)",
+            f"request headers not received within {timeout:g} seconds "
+            "(MODELPLANE_HEADER_TIMEOUT_SECONDS)",
         )
 
     def _refuse(self, status: int, message: str, extra: tuple[tuple[str, str], ...] = ()) -> None:

@@ -178,8 +178,12 @@ def decode_data(
     where: str, data: Any, shape: list[int], dtype: np.dtype[Any], datatype: str
 ) -> np.ndarray[Any, Any]:
     """``data`` (DataText, or a value parsed with the envelope) as an array of ``shape``."""
-    if isinstance(data, list) and (values := _values_as_shaped(data, shape)) is not None:
-        return _typed(where, values, dtype, datatype, 0).reshape(shape)
+    if isinstance(data, list):
+        kinds = set(map(type, data))
+        values = _values_as_shaped(data, shape, kinds)
+        if values is not None:
+            known = kinds if values is data else None
+            return _typed(where, values, dtype, datatype, 0, kinds=known).reshape(shape)
     # Cut out of a large body, or misshapen (the text path says exactly how).
     text = data.text if isinstance(data, DataText) else _as_text(where, data)
     count = math.prod(shape)
@@ -202,10 +206,11 @@ def decode_data(
     return out.reshape(shape)
 
 
-def _values_as_shaped(data: list[Any], shape: list[int]) -> list[Any] | None:
+def _values_as_shaped(data: list[Any], shape: list[int], kinds: set[type]) -> list[Any] | None:
     """The values of an already-parsed ``data`` in row-major order, if it is one flat list
-    of the right length or lists nested exactly as ``shape``; else None."""
-    if list not in set(map(type, data)):
+    of the right length or lists nested exactly as ``shape``; else None. ``kinds``: the
+    types of ``data``'s items."""
+    if list not in kinds:
         return data if len(data) == math.prod(shape) else None
     if len(shape) < 2:
         return None
@@ -279,12 +284,18 @@ def _nested(shape: list[int]) -> bytes:
 
 
 def _typed(
-    where: str, values: list[Any], dtype: np.dtype[Any], datatype: str, offset: int
+    where: str,
+    values: list[Any],
+    dtype: np.dtype[Any],
+    datatype: str,
+    offset: int,
+    *,
+    kinds: set[type] | None = None,
 ) -> np.ndarray[Any, Any]:
     """One window's values as ``dtype``, or a 400 naming the first that does not fit."""
     if not values:
         return np.empty(0, dtype=dtype)
-    kinds = set(map(type, values))
+    kinds = set(map(type, values)) if kinds is None else kinds
     if dtype.kind == "b":
         if kinds != {bool}:
             _refuse(where, values, offset, lambda v: type(v) is bool, f"true or false ({datatype})")
@@ -304,6 +315,8 @@ def _typed(
         values = [NON_FINITE[v] if type(v) is str else v for v in values]
     with np.errstate(over="ignore"):
         array = np.array(values, dtype=dtype)
+    if dtype.itemsize == 8:  # JSON numbers are finite doubles: nothing overflows FP64
+        return array
     overflowed = np.isinf(array)
     if overflowed.any():
         overflowed &= np.isfinite(np.array(values, dtype=np.float64))

@@ -68,7 +68,8 @@ class RequestDeadline:
 
 
 def lean(middleware: list[Middleware], fast_path: Middleware, timeout: float) -> list[Middleware]:
-    """BentoML's middleware list with the changes above: the request deadline outermost,
-    then ``fast_path``, ahead of everything BentoML keeps."""
+    """BentoML's middleware list with the changes above: ``fast_path`` outermost (the
+    inference route bounds its own time, to the second, and counts it), then the request
+    deadline for every other route, ahead of everything BentoML keeps."""
     kept = [m for m in middleware if getattr(m.cls, "__name__", "") not in DROPPED]
-    return [Middleware(RequestDeadline, timeout=timeout), fast_path, *kept]
+    return [fast_path, Middleware(RequestDeadline, timeout=timeout), *kept]
