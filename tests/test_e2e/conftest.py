@@ -6,6 +6,7 @@ and a control plane is available (see modelplane_testkit.control_plane).
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 from collections.abc import Iterator
@@ -43,6 +44,16 @@ def local_only(server: ApiServer, needs: str) -> None:
     """Skip where the cluster is not the local control plane (it has a kubelet, no audit log)."""
     if not server.local:
         pytest.skip(f"needs the local control plane's {needs}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _connections_closed_inside_the_run() -> Iterator[None]:
+    """kopf's and the kubernetes client's pooled connections to the API server are closed
+    by the garbage collector; collect once more as the last test is torn down, where the
+    e2e items ignore the ResourceWarnings (see tests/conftest.py), not after the session,
+    where every warning is an error."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="session")
