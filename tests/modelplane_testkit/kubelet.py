@@ -20,6 +20,7 @@ Obj = dict[str, Any]
 GPU_RESOURCE = "nvidia.com/gpu"
 RUNTIME_PODS = "app.kubernetes.io/name=modelplane-runtime"
 FETCH_FAILURE = "error: cannot fetch 's3://models/missing.onnx': FileNotFoundError: NoSuchKey"
+LOAD_FAILURE = "onnxruntime cannot load /mnt/models/model.onnx: INVALID_PROTOBUF"
 
 
 def _now() -> str:
@@ -31,6 +32,7 @@ class KubeletPlayer:
         self.http = server.session()
         self.base = server.server
         self.fetch_fails: set[str] = set()  # namespaces whose pods' model fetch fails
+        self.load_fails: set[str] = set()  # namespaces whose runtime cannot load the model
         self._played: dict[str, str] = {}  # pod uid -> what was written
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="kubelet-player")
@@ -109,10 +111,18 @@ class KubeletPlayer:
                 continue
             if not spec.get("nodeName"):
                 continue
-            behaviour = "fetch-fails" if meta["namespace"] in self.fetch_fails else "runs"
+            behaviour = "runs"
+            if meta["namespace"] in self.fetch_fails:
+                behaviour = "fetch-fails"
+            elif meta["namespace"] in self.load_fails:
+                behaviour = "load-fails"
             if self._played.get(meta["uid"]) == behaviour:
                 continue
-            status = self._failing(pod) if behaviour == "fetch-fails" else self._running(pod)
+            status = {
+                "fetch-fails": self._failing,
+                "load-fails": self._not_loading,
+                "runs": self._running,
+            }[behaviour](pod)
             self._patch(
                 f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status", status
             )
@@ -157,6 +167,35 @@ class KubeletPlayer:
                 ],
             }
         }
+
+    def _not_loading(self, pod: Obj) -> Obj:
+        """The fetch succeeded; the runtime exits as it does when the model cannot load,
+        its reason in its termination message (what the kubelet copies from the file)."""
+        status = self._running(pod)["status"]
+        status["conditions"] = [
+            {
+                "type": kind,
+                "status": "True" if kind in {"PodScheduled", "Initialized"} else "False",
+                "lastTransitionTime": _now(),
+            }
+            for kind in ("PodScheduled", "Initialized", "ContainersReady", "Ready")
+        ]
+        for container in status["containerStatuses"]:
+            container.update(
+                ready=False,
+                started=False,
+                restartCount=2,
+                state={"waiting": {"reason": "CrashLoopBackOff"}},
+                lastState={
+                    "terminated": {
+                        "exitCode": 1,
+                        "reason": "Error",
+                        "message": f"ModelLoadFailed: {LOAD_FAILURE}",
+                        "finishedAt": _now(),
+                    }
+                },
+            )
+        return {"status": status}
 
     def _failing(self, pod: Obj) -> Obj:
         now = _now()

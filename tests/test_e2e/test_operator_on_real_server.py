@@ -16,7 +16,7 @@ from kopf.testing import KopfRunner
 
 from modelplane_testkit import helm
 from modelplane_testkit.control_plane import ApiServer, describe, writes_by
-from modelplane_testkit.kubelet import FETCH_FAILURE, KubeletPlayer
+from modelplane_testkit.kubelet import FETCH_FAILURE, LOAD_FAILURE, KubeletPlayer
 from modelplane_testkit.operator_harness import OPERATOR_ARGS
 from modelplane_testkit.operator_harness import wait_for as harness_wait_for
 from modelplane_testkit.real_cluster import RealCluster
@@ -241,7 +241,7 @@ def test_drift_is_repaired_with_one_apply(
     admin.delete("modeldeployments", ns, "demo")
 
 
-def test_refused_pods_and_failed_fetches_reach_the_status_at_once(
+def test_refused_pods_and_failed_fetches_and_loads_reach_the_status_at_once(
     installed: ApiServer, admin: RealCluster, kubelet: KubeletPlayer, operator: KopfRunner
 ) -> None:
     """Finding 4: a missing ServiceAccount refuses the pods; the status says so with the
@@ -275,7 +275,13 @@ def test_refused_pods_and_failed_fetches_reach_the_status_at_once(
     admin.create("modeldeployments", _md("fetching"))
     failed = wait_reason(admin, "fetching", "ModelFetchFailed")
     assert FETCH_FAILURE in failed["message"]
-    for namespace in (ns, "fetching"):
+
+    kubelet.load_fails.add("loading")  # fetched, but not a model the runtime can load
+    admin.namespace("loading")
+    admin.create("modeldeployments", _md("loading"))
+    not_loaded = wait_reason(admin, "loading", "ModelLoadFailed")
+    assert not_loaded["message"] == LOAD_FAILURE
+    for namespace in (ns, "fetching", "loading"):
         admin.delete("modeldeployments", namespace, "demo")
 
 
