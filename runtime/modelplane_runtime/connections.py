@@ -27,10 +27,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any, cast
 
-import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from modelplane_api.settings import RuntimeSettings
+from modelplane_runtime.errors import error_body
 from modelplane_runtime.metrics import connections_refused
 
 log = logging.getLogger("modelplane.runtime")
@@ -55,7 +55,7 @@ class ConnectionLimits:
 
 def raw_error(status: int, message: str, extra: tuple[tuple[str, str], ...] = ()) -> bytes:
     """A complete HTTP/1.1 error response that closes the connection."""
-    body = orjson.dumps({"error": message})
+    body = error_body(message)
     head = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}"]
     head += ["content-type: application/json", f"content-length: {len(body)}"]
     head += [f"{name}: {value}" for name, value in extra]

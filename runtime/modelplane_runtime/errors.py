@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import orjson
+
+
+def error_body(message: str) -> bytes:
+    """The body of every error the runtime answers, at whichever layer: route, middleware
+    or connection."""
+    return orjson.dumps({"error": message})
+
 
 class ServingError(Exception):
     status = 500

@@ -10,9 +10,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -25,11 +25,19 @@ from modelplane_runtime.model import OnnxModel
 from modelplane_runtime.protocol import InferenceRequest
 
 log = logging.getLogger("modelplane.runtime")
+T = TypeVar("T")
 
 
 # Large requests are parsed and decoded here, one at a time: off the event loop, and with
 # one thread (not one per request) contending with it for the GIL, so probes stay fast.
 DECODER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decoder")
+
+
+async def off_the_loop_if(large: bool, function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)``: for a large request on the decoder thread, else right here."""
+    if not large:
+        return function(*args)
+    return await asyncio.get_running_loop().run_in_executor(DECODER, function, *args)
 
 
 # A body still being read this long after it began is slow or stalled, not "about to arrive".
@@ -144,11 +152,7 @@ class InferenceEngine:
         if batcher is None:  # model_for checked readiness; this guards a logic error
             raise NotReady(f"model '{name}' is not ready")
         selected = model.check_outputs([o.name for o in request.outputs or []])
-        if large:
-            loop = asyncio.get_running_loop()
-            arrays = await loop.run_in_executor(DECODER, model.decode_inputs, request.inputs)
-        else:
-            arrays = model.decode_inputs(request.inputs)
+        arrays = await off_the_loop_if(large, model.decode_inputs, request.inputs)
         outputs = await batcher.infer(arrays)  # the caller bounds the whole request's time
         by_name = dict(zip(model.output_names, outputs, strict=True))
         return model, {n: by_name[n] for n in selected or model.output_names}

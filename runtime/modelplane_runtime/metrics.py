@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 from modelplane_api import facts
+from modelplane_runtime.errors import CLIENT_CLOSED
 
 _LATENCY_BUCKETS = (
     0.0005,
@@ -95,8 +96,10 @@ class RuntimeMetrics:
         self.memory_refused = _MEMORY_REFUSED.labels(model)
 
     def failure(self, status: int) -> None:
-        """Count an answer by its status; 499 is a client that left before its answer."""
-        _REQUESTS.labels(self.model, "client_closed" if status == 499 else str(status)).inc()
+        """Count an answer by its status; a client that left before its answer is
+        ``client_closed``, not a status."""
+        outcome = "client_closed" if status == CLIENT_CLOSED else str(status)
+        _REQUESTS.labels(self.model, outcome).inc()
 
     def memory_budget(self, total: int) -> None:
         _MEMORY_BUDGET.labels(self.model).set(total)

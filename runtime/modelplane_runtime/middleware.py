@@ -27,6 +27,8 @@ import asyncio
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from modelplane_runtime.errors import error_body
+
 DROPPED = ("OpenTelemetryMiddleware", "RunnerTrafficMetricsMiddleware", "TimeoutMiddleware")
 
 
@@ -56,7 +58,7 @@ class RequestDeadline:
         except TimeoutError:
             if started:
                 raise
-            body = f'{{"error": "no response within {self.timeout:g} seconds"}}'.encode()
+            body = error_body(f"no response within {self.timeout:g} seconds")
             await send(
                 {
                     "type": "http.response.start",

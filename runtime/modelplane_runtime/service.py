@@ -49,8 +49,9 @@ from modelplane_runtime.errors import (
     PayloadTooLarge,
     RequestTimeout,
     ServingError,
+    error_body,
 )
-from modelplane_runtime.inference import DECODER, InferenceEngine
+from modelplane_runtime.inference import InferenceEngine, off_the_loop_if
 from modelplane_runtime.json_tensors import SMALL_BODY, parse_body
 from modelplane_runtime.memory import Reservation
 from modelplane_runtime.protocol import (
@@ -73,9 +74,7 @@ def _json(body: Any, status: int = 200) -> Response:
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    response = _json({"error": message}, status)
-    response.headers.update(headers or {})
-    return response
+    return Response(error_body(message), status, headers, media_type="application/json")
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -146,8 +145,7 @@ async def infer(request: Request, engine: InferenceEngine) -> Response:
     try:
         _check_version(request)
         engine.model_for(name)  # 404/503 before reading a body we would not use
-        loop = asyncio.get_running_loop()
-        reader = _BodyReader(request, engine.settings, engine.memory.reservation(), loop)
+        reader = _BodyReader(request, engine.settings, engine.memory.reservation())
         try:
             # One timer for the whole request: it is moved up while the body is awaited
             # (the idle limit), then back (one asyncio.timeout costs a request ~8 us).
@@ -157,20 +155,13 @@ async def infer(request: Request, engine: InferenceEngine) -> Response:
                 reader.deadline.reschedule(reader.answer_by)
                 large = len(body) >= LARGE_BODY
                 json_part, binary = split_binary_body(body, request.headers.get(BINARY_HEADER))
-                if large:
-                    parsed = await loop.run_in_executor(DECODER, _parse, json_part)
-                else:
-                    parsed = _parse(json_part)
+                parsed = await off_the_loop_if(large, _parse, json_part)
                 del body, json_part
                 attach_binary_inputs(parsed, binary)
                 model, outputs = await engine.infer(name, parsed, large=large)
-            if large:  # a large answer is encoded off the event loop too
-                encoded = loop.run_in_executor(
-                    DECODER, encode_response, model.name, parsed, outputs
-                )
-                content, headers = await encoded
-            else:
-                content, headers = encode_response(model.name, parsed, outputs)
+            content, headers = await off_the_loop_if(
+                large, encode_response, model.name, parsed, outputs
+            )
         except TimeoutError:
             raise reader.timed_out() from None
         finally:
@@ -200,13 +191,12 @@ class _BodyReader:
         request: Request,
         settings: RuntimeSettings,
         reservation: Reservation,
-        loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.request = request
         self.settings = settings
         self.reservation = reservation
-        self.loop = loop
-        self.answer_by = loop.time() + settings.request_timeout_seconds
+        self.loop = asyncio.get_running_loop()
+        self.answer_by = self.loop.time() + settings.request_timeout_seconds
         self.received = 0
         self.awaiting_body = False
 
@@ -362,12 +352,6 @@ oip_app = _BareStarlette(
 )
 
 
-async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
-    await _error(404, f"no route {scope['path']}; see GET /v2 and /v2/models/{{name}}")(
-        scope, receive, send
-    )
-
-
 async def _http_error(request: Request, exc: Exception) -> Response:
     """Starlette's own refusals (405 for a wrong method, ...), as OIP errors."""
     status = getattr(exc, "status_code", 500)
@@ -391,7 +375,6 @@ def answer_errors_as_json(app: Starlette) -> None:
     app.add_exception_handler(Exception, _internal_error)
     for router in (app.router, oip_app.router):
         router.redirect_slashes = False
-    oip_app.router.default = _not_found
 
 
 def build_service(engine: InferenceEngine) -> Any:

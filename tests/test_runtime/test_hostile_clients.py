@@ -47,6 +47,15 @@ def _outcome(server: RuntimeServer, outcome: str) -> float:
     return server.metric("modelplane_inference_requests_total", model="relu", outcome=outcome)
 
 
+def _settled_outcome(server: RuntimeServer, outcome: str, expected: float) -> float:
+    """The outcome's count once it reaches ``expected`` (the server counts after the client
+    has gone), or after 10 s; then checked exactly by the caller."""
+    deadline = time.monotonic() + 10
+    while (count := _outcome(server, outcome)) < expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return count
+
+
 @contextlib.contextmanager
 def _open_connections(port: int, count: int) -> Iterator[list[socket.socket]]:
     sockets = [raw_http.connect(port, timeout=10) for _ in range(count)]
@@ -175,10 +184,7 @@ def test_a_client_that_leaves_mid_body_is_counted_as_such_without_a_traceback(
         with raw_http.connect(server.port) as leaving:
             leaving.sendall(raw_http.infer_request("relu", GOOD[:10], content_length=len(GOOD)))
             time.sleep(0.05)
-    deadline = time.monotonic() + 10
-    while _outcome(server, "client_closed") < left_before + 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _outcome(server, "client_closed") == left_before + 3
+    assert _settled_outcome(server, "client_closed", left_before + 3) == left_before + 3
     assert _outcome(server, "500") == errors_before
     assert "Traceback" not in server.log()
 
@@ -193,10 +199,7 @@ def test_a_malformed_chunked_body_is_a_400_not_a_server_error(server: RuntimeSer
     answer = raw_http.exchange(server.port, request)
     assert answer.status == 400, answer
     assert "malformed" in answer.json()["error"]
-    deadline = time.monotonic() + 10
-    while _outcome(server, "400") < bad_before + 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _outcome(server, "400") == bad_before + 1
+    assert _settled_outcome(server, "400", bad_before + 1) == bad_before + 1
     assert _outcome(server, "500") == errors_before
     assert "Traceback" not in server.log()
 
