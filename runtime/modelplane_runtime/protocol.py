@@ -129,11 +129,11 @@ BINARY_HEADER = "inference-header-content-length"
 
 def split_binary_body(
     body: bytes | bytearray, header_length: str | None
-) -> tuple[memoryview, memoryview]:
-    """(JSON part, binary tail) of a request body: views, not copies."""
+) -> tuple[bytes | bytearray | memoryview, memoryview]:
+    """(JSON part, binary tail) of a request body: the body itself or views, not copies."""
     view = memoryview(body)
     if header_length is None:
-        return view, view[len(view) :]
+        return body, view[len(view) :]
     if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):
         raise BadRequest(f"Inference-Header-Content-Length {header_length} does not fit the body")
     length = int(header_length)
