@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 CODE := $(wildcard api operator runtime tests bench)
 
-.PHONY: demo test lint typecheck unit crd manifests golden bench bench-operator bench-operator-real clean e2e
+.PHONY: demo test lint typecheck unit crd manifests golden bench bench-versus bench-operator bench-operator-real clean e2e
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "modelplane needs Python 3.11+")'
@@ -66,6 +66,12 @@ bench: $(STAMP)
 		2> >(grep -v -e 'is ignored: it is neither' -e 'BuildBackendWarning' >&2 || true)
 	$(BIN)/python bench/runtime_serving.py
 	$(BIN)/python bench/runtime_limits.py
+
+# This tree's runtime against an earlier revision's, both on one core at once (~2 min):
+#   make bench-versus BASELINE=d154a1c
+BASELINE ?= HEAD
+bench-versus: $(STAMP)
+	$(BIN)/python bench/runtime_versus.py --baseline $(BASELINE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
