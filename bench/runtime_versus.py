@@ -1,6 +1,8 @@
-"""This tree's runtime against another revision's, both loaded at the same time.
+"""This tree's runtime against another revision's (or against itself restricted to
+one consumer's key), both loaded at the same time.
 
     python bench/runtime_versus.py --baseline d154a1c [--rounds 6] [--concurrency 1 8 32]
+    python bench/runtime_versus.py --restricted   # open against keyed, rate-limited
 
 Two runtimes (the baseline's source from ``git archive``, and this working tree's)
 serve the same tiny model, both pinned to core 0; two wrk processes on core 1 drive
@@ -28,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from modelplane_api.access import key_digest, new_key
 from runtime_serving import (
     CLIENT_CORE,
     MODELS,
@@ -46,6 +49,22 @@ sys.path.insert(0, str(REPO / "tests"))
 from modelplane_testkit.runtime_server import free_port  # noqa: E402
 
 SOURCES = ("runtime", "api")
+Target = tuple[str, str | None]  # an inference URL, and the key to send (None: none)
+
+
+def access_file(folder: Path) -> tuple[Path, str]:
+    """One consumer, granted the model, with limits far above what the bench sends (so
+    every request pays for the bucket, and none is refused)."""
+    key = new_key()
+    consumer = {
+        "name": "bench",
+        "models": ["tiny"],
+        "keys": [{"sha256": key_digest(key)}],
+        "limits": {"requestsPerSecond": 1_000_000, "burst": 1_000_000, "rowsPerSecond": 1e9},
+    }
+    path = folder / "access.json"
+    path.write_text(json.dumps({"consumers": [consumer]}))
+    return path, key
 
 
 def baseline_tree(revision: str, into: Path) -> Path:
@@ -64,7 +83,7 @@ def baseline_tree(revision: str, into: Path) -> Path:
 
 
 @contextlib.contextmanager
-def runtime(source: Path, model: Path, log: Path) -> Iterator[str]:
+def runtime(source: Path, model: Path, log: Path, access: Path | None = None) -> Iterator[str]:
     port = free_port()
     env = {
         **os.environ,
@@ -75,6 +94,8 @@ def runtime(source: Path, model: Path, log: Path) -> Iterator[str]:
         "MODELPLANE_LOG_LEVEL": "WARNING",
     }
     command = [sys.executable, "-m", "modelplane_runtime", "serve", "--model", str(model)]
+    if access is not None:
+        command += ["--access", str(access)]
     with log.open("wb") as output:
         process = subprocess.Popen(
             ["taskset", "-c", SERVER_CORE, *command, "--name", "tiny", "--port", str(port)],
@@ -94,14 +115,19 @@ def runtime(source: Path, model: Path, log: Path) -> Iterator[str]:
 
 
 def both_at_once(
-    urls: tuple[str, str], body_file: Path, concurrency: int, seconds: int
+    targets: tuple[Target, Target], body_file: Path, concurrency: int, seconds: int
 ) -> list[dict[str, Any]]:
     command = ["taskset", "-c", CLIENT_CORE, "wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s"]
     command += ["--latency", "--timeout", "10s", "-s", str(BENCH / "peers" / "post.lua")]
     env = {**os.environ, "BODY_FILE": str(body_file)}
     runs = [
-        subprocess.Popen([*command, url], env=env, stdout=subprocess.PIPE, text=True)
-        for url in urls
+        subprocess.Popen(
+            [*command, *(["-H", f"Authorization: Bearer {key}"] if key else []), url],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for url, key in targets
     ]
     outputs = [run.communicate(timeout=seconds + 60)[0] for run in runs]
     return [parse_wrk(output, seconds) for output in outputs]
@@ -109,34 +135,40 @@ def both_at_once(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--baseline", required=True, help="git revision to compare against")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--baseline", help="git revision to compare against")
+    what.add_argument(
+        "--restricted",
+        action="store_true",
+        help="this tree open against this tree restricted to one consumer's key",
+    )
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=int, default=5, help="per round")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--output", type=Path, default=RESULTS / "runtime_versus.json")
+    parser.add_argument("--output", type=Path)
     args = parser.parse_args()
-    revision = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short", args.baseline],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
     started = time.monotonic()
     rows = []
     with tempfile.TemporaryDirectory() as temporary:
         work = Path(temporary)
-        old = baseline_tree(revision, work / "baseline")
         model = make_mlp(work / "tiny.onnx", MODELS["tiny"])
         body_file = work / "body.json"
         body_file.write_bytes(request_body(MODELS["tiny"][0]))
+        key: str | None = None
+        if args.restricted:
+            revision, old, (access, key) = "open", REPO, access_file(work)
+        else:
+            revision = _short(args.baseline)
+            old, access = baseline_tree(revision, work / "baseline"), None
         with (
             runtime(old, model, work / "baseline.log") as old_url,
-            runtime(REPO, model, work / "this.log") as new_url,
+            runtime(REPO, model, work / "this.log", access) as new_url,
         ):
+            targets: tuple[Target, Target] = ((old_url, None), (new_url, key))
             for concurrency in args.concurrency:
-                both_at_once((old_url, new_url), body_file, concurrency, 1)  # warm-up
+                both_at_once(targets, body_file, concurrency, 1)  # warm-up
                 rounds = [
-                    both_at_once((old_url, new_url), body_file, concurrency, args.seconds)
+                    both_at_once(targets, body_file, concurrency, args.seconds)
                     for _ in range(args.rounds)
                 ]
                 ratios = [new["requests"] / max(old["requests"], 1) for old, new in rounds]
@@ -151,9 +183,11 @@ def main() -> int:
                         "ratio_max": round(max(ratios), 4),
                     }
                 )
+    name = "runtime_access_cost.json" if args.restricted else "runtime_versus.json"
+    args.output = args.output or RESULTS / name
     report = {
         "baseline": revision,
-        "this": _describe_tree(),
+        "this": _describe_tree() + (" restricted (one consumer's key)" if args.restricted else ""),
         "method": "both runtimes on core 0 at once, one wrk -t1 each on core 1",
         "rounds": args.rounds,
         "seconds_per_round": args.seconds,
@@ -174,6 +208,15 @@ def main() -> int:
         )
     print(f"\nwritten to {args.output}")
     return 0
+
+
+def _short(revision: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", revision],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
 
 
 def _describe_tree() -> str:

@@ -25,6 +25,12 @@ FETCHED_MODEL_FILE = "model.onnx"
 # (the kubelet's default terminationMessagePath); the operator puts it into status.
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 MODEL_LOAD_FAILED = "ModelLoadFailed"
+# Access control: the operator mounts a restricted model's access description (consumers'
+# key digests, grants, limits; see modelplane_api.access) here; the runtime re-reads it
+# within ACCESS_RELOAD_SECONDS of a change (the kubelet's atomic symlink swap).
+ACCESS_DIR = "/etc/modelplane/access"
+ACCESS_FILE = "access.json"
+ACCESS_RELOAD_SECONDS = 1.0
 SCRATCH_DIRS = (("tmp", "/tmp"), ("cache", "/home/modelplane/.cache"))  # noqa: S108
 
 # The autoscaling signal: the runtime's gauge, the HPA's Pods metric.

@@ -67,6 +67,8 @@ class RuntimeSettings(BaseSettings):
     max_connections: int = Field(
         default=facts.MAX_CONNECTIONS, ge=1, le=facts.MAX_CONNECTIONS_LIMIT
     )
+    # Set: only consumers this file names may call the model (see modelplane_api.access).
+    access_file: Path | None = None
 
     @property
     def queue_limit(self) -> int:

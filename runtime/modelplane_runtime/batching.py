@@ -32,8 +32,24 @@ from modelplane_runtime.model import OnnxModel, rows
 
 # Runs typically shorter than this execute on the event loop itself (see _compute).
 INLINE_RUN_SECONDS = 0.0005
+# A run timed on the compute thread includes the hand-off and, under load, the wait for
+# the GIL: a fast model sent there once would look slow for good (measured: identical
+# servers settled 10% apart in throughput, depending on which lane each had fallen into).
+# So every RECHECK_EVERY-th run of a model whose runs there take under
+# RECHECK_BELOW_SECONDS runs on the loop again, timing the compute alone.
+RECHECK_EVERY = 64
+RECHECK_BELOW_SECONDS = 0.01  # a recheck stalls the loop at most this long, once per 64
 Arrays = dict[str, np.ndarray[Any, Any]]
 Outputs = list[np.ndarray[Any, Any]]
+
+
+@dataclass
+class Usage:
+    """What one request costs: its rows, and their share of its batch's run time."""
+
+    admit_rows: Callable[[int], None] | None = None  # raises when over a row limit
+    rows: int = 0
+    compute_seconds: float = 0.0
 
 
 @dataclass(eq=False)
@@ -42,6 +58,7 @@ class _Pending:
     rows: int
     key: tuple[Any, ...]
     future: asyncio.Future[Outputs]
+    usage: Usage | None = None
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -68,7 +85,9 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         # Until measured, assume runs are long: the first ones go to the compute thread.
-        self._typical_run_seconds = 1.0
+        self._typical_run_seconds = 1.0  # any run, as its caller waits for it
+        self._inline_run_seconds = 1.0  # runs on the loop: the compute alone
+        self._runs_since_inline = RECHECK_EVERY - 8  # the first recheck comes early
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._dispatch(), name="batcher")
@@ -81,7 +100,7 @@ class Batcher:
             await self._task
         self._executor.shutdown(wait=True)
 
-    async def infer(self, arrays: Arrays) -> Outputs:
+    async def infer(self, arrays: Arrays, usage: Usage | None = None) -> Outputs:
         if self._stopping:
             raise NotReady("the server is shutting down")
         if len(self._queue) >= self.max_queued:
@@ -94,7 +113,7 @@ class Batcher:
                 retry_after,
             )
         loop = asyncio.get_running_loop()
-        pending = _Pending(arrays, rows(arrays), self._key(arrays), loop.create_future())
+        pending = _Pending(arrays, rows(arrays), self._key(arrays), loop.create_future(), usage)
         self._queue.append(pending)
         self._wakeup.set()
         return await pending.future
@@ -173,8 +192,12 @@ class Batcher:
             _deliver(batch[0], error=exc)
             return
         finally:
-            self.metrics.compute_seconds.observe(time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self.metrics.compute_seconds.observe(seconds)
             self.metrics.batch_size.observe(total)
+            for pending in batch:
+                if pending.usage is not None:
+                    pending.usage.compute_seconds += seconds * pending.rows / max(total, 1)
         if len(batch) == 1:
             _deliver(batch[0], result=outputs)
         elif all(o.ndim and o.shape[0] == total for o in outputs):
@@ -202,20 +225,32 @@ class Batcher:
         batched meanwhile), so it goes to the thread, where onnxruntime drops the GIL;
         so does a run of more rows than a batch holds (one large request).
         """
-        short = self._typical_run_seconds < INLINE_RUN_SECONDS
-        if short and rows(arrays) <= self.max_batch_size:
+        self._runs_since_inline += 1
+        recheck = (
+            self._runs_since_inline >= RECHECK_EVERY
+            and self._typical_run_seconds < RECHECK_BELOW_SECONDS
+        )
+        short = self._inline_run_seconds < INLINE_RUN_SECONDS
+        if (short or recheck) and rows(arrays) <= self.max_batch_size:
+            self._runs_since_inline = 0
             started = time.perf_counter()
             outputs = function(arrays)
-            self._observe_run(time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            # A recheck replaces the estimate: it is the one fresh measure of the compute.
+            self._inline_run_seconds = (
+                seconds if recheck else _eased(self._inline_run_seconds, seconds)
+            )
+            self._typical_run_seconds = _eased(self._typical_run_seconds, seconds)
             return outputs
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         outputs = await loop.run_in_executor(self._executor, function, arrays)
-        self._observe_run(time.perf_counter() - started)
+        self._typical_run_seconds = _eased(self._typical_run_seconds, time.perf_counter() - started)
         return outputs
 
-    def _observe_run(self, seconds: float) -> None:
-        self._typical_run_seconds += 0.2 * (seconds - self._typical_run_seconds)
+
+def _eased(estimate: float, seconds: float) -> float:
+    return estimate + 0.2 * (seconds - estimate)
 
 
 def _deliver(

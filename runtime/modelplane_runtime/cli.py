@@ -31,8 +31,18 @@ def _serve(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             allow_cpu_fallback=args.allow_cpu_fallback,
+            access=args.access,
         )
     serve(settings)
+    return 0
+
+
+def _new_key(args: argparse.Namespace) -> int:
+    from modelplane_api.access import key_digest, new_key
+
+    key = new_key()
+    print(f"key     {key}")
+    print(f"sha256  {key_digest(key)}")
     return 0
 
 
@@ -77,7 +87,22 @@ def add_commands(commands: argparse._SubParsersAction[Parser]) -> None:
         action="store_true",
         help="serve a GPU ModelDeployment on this machine's CPU",
     )
+    serve.add_argument(
+        "--access",
+        metavar="JSON",
+        help="serve only the consumers this access file names (key digests, grants, limits;"
+        " see the README's Access section); none: open to anyone",
+    )
     serve.set_defaults(handler=_failing_as_commands(_serve))
+
+    key = commands.add_parser(
+        "new-key",
+        help="print a new consumer key and the digest an access file lists",
+        description="Print a new random consumer key (256 bits) and its SHA-256 digest, the"
+        " form an access file holds. The key itself is shown once and stored nowhere.",
+        formatter_class=HELP_FORMAT,
+    )
+    key.set_defaults(handler=_new_key)
 
     fetch = commands.add_parser(
         "fetch",

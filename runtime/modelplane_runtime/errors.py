@@ -40,6 +40,31 @@ class ClientClosed(ServingError):
 CLIENT_CLOSED = ClientClosed.status
 
 
+class Unauthorized(ServingError):
+    """No key, or one that is not (or no longer) valid: RFC 6750's Bearer challenge."""
+
+    status = 401
+
+    def __init__(self, message: str, error: str | None = None) -> None:
+        challenge = 'Bearer realm="modelplane"'
+        if error is not None:
+            challenge += f', error="{error}"'
+        super().__init__(message, {"WWW-Authenticate": challenge})
+
+
+class Forbidden(ServingError):
+    status = 403
+
+
+class TooManyRequests(ServingError):
+    """Over a consumer's limit: come back after Retry-After seconds."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message, {"Retry-After": str(retry_after)})
+
+
 class ModelNotFound(ServingError):
     status = 404
 
@@ -67,3 +92,7 @@ class RequestTimeout(ServingError):
 
 class FetchError(ServingError):
     """The model could not be copied or did not verify: nothing was written."""
+
+
+class AccessFileError(ServingError):
+    """The access file cannot be read or is invalid at start-up: the server does not start."""

@@ -16,11 +16,12 @@ from typing import Any, TypeVar
 import numpy as np
 
 from modelplane_api.settings import RuntimeSettings
-from modelplane_runtime.batching import Batcher
+from modelplane_runtime.access import AccessControl
+from modelplane_runtime.batching import Batcher, Usage
 from modelplane_runtime.errors import ModelNotFound, NotReady
 from modelplane_runtime.memory import MemoryBudget, memory_limit
 from modelplane_runtime.metrics import RuntimeMetrics
-from modelplane_runtime.model import OnnxModel
+from modelplane_runtime.model import OnnxModel, rows
 from modelplane_runtime.protocol import InferenceRequest
 
 log = logging.getLogger("modelplane.runtime")
@@ -53,6 +54,8 @@ class InferenceEngine:
         self._reading: dict[object, float] = {}
         self._batcher: Batcher | None = None
         self.memory = MemoryBudget(None, self.metrics.memory_refused.inc)
+        self.access: AccessControl | None = None
+        self._access_watch: asyncio.Task[None] | None = None
 
     def load(self) -> None:
         """Load and warm up the model once; ModelLoadError says why it cannot serve (the
@@ -67,7 +70,15 @@ class InferenceEngine:
         self.not_ready_reason = None
         log.info("model %s ready in %.2fs", model.name, time.perf_counter() - started)
 
+    def restrict(self, access: AccessControl) -> None:
+        """Serve only the consumers ``access`` admits (its table loaded already)."""
+        self.access = access
+
     def start(self) -> None:
+        if self.access is not None:
+            self._access_watch = asyncio.get_running_loop().create_task(
+                self.access.watch(), name="access-file-watch"
+            )
         limit = memory_limit(self.settings.memory_limit_bytes)
         self.memory = MemoryBudget.for_limit(limit, self.metrics.memory_refused.inc, DECODER)
         if self.memory.total is not None:
@@ -85,6 +96,8 @@ class InferenceEngine:
 
     async def stop(self) -> None:
         self.drain()
+        if self._access_watch is not None:
+            self._access_watch.cancel()
         if self._batcher is not None:
             await self._batcher.stop()
 
@@ -133,7 +146,12 @@ class InferenceEngine:
         return self.model
 
     async def infer(
-        self, name: str, request: InferenceRequest, *, large: bool = False
+        self,
+        name: str,
+        request: InferenceRequest,
+        *,
+        large: bool = False,
+        usage: Usage | None = None,
     ) -> tuple[OnnxModel, dict[str, np.ndarray[Any, Any]]]:
         """The model and its requested outputs (all of them when none are named).
 
@@ -146,7 +164,11 @@ class InferenceEngine:
         selected = model.check_outputs([o.name for o in request.outputs or []])
         decode, inputs = model.decode_inputs, request.inputs
         arrays = await off_the_loop(decode, inputs) if large else decode(inputs)
-        outputs = await batcher.infer(arrays)  # the caller bounds the whole request's time
+        if usage is not None:
+            usage.rows = rows(arrays)
+            if usage.admit_rows is not None:  # before the queue, not after waiting in it
+                usage.admit_rows(usage.rows)
+        outputs = await batcher.infer(arrays, usage)  # the caller bounds the request's time
         by_name = dict(zip(model.output_names, outputs, strict=True))
         return model, {n: by_name[n] for n in selected or model.output_names}
 

@@ -21,6 +21,31 @@ def settings_for_local_serving(
     host: str,
     port: int,
     allow_cpu_fallback: bool,
+    access: str | None = None,
+) -> RuntimeSettings:
+    settings = _model_settings(
+        model=model,
+        manifest=manifest,
+        name=name,
+        host=host,
+        port=port,
+        allow_cpu_fallback=allow_cpu_fallback,
+    )
+    if access is None:
+        return settings
+    if not Path(access).is_file():
+        raise UsageError(f"--access {access}: no such file")
+    return settings.model_copy(update={"access_file": Path(access)})
+
+
+def _model_settings(
+    *,
+    model: str | None,
+    manifest: str | None,
+    name: str | None,
+    host: str,
+    port: int,
+    allow_cpu_fallback: bool,
 ) -> RuntimeSettings:
     if model is not None:
         path = Path(model)

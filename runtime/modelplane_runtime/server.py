@@ -28,7 +28,11 @@ from modelplane_api.settings import RuntimeSettings
 
 if TYPE_CHECKING:
     from modelplane_runtime.inference import InferenceEngine
+from modelplane_api.access import InvalidAccessTable
+from modelplane_runtime.access import AccessControl
 from modelplane_runtime.connections import ConnectionLimits, guarded_protocol
+from modelplane_runtime.errors import AccessFileError
+from modelplane_runtime.metrics import AccessMetrics
 from modelplane_runtime.middleware import lean
 from modelplane_runtime.model import ModelLoadError
 
@@ -76,9 +80,15 @@ def serve(settings: RuntimeSettings) -> None:
     sys.setswitchinterval(0.001)
     _use_single_process_metrics()
     from modelplane_runtime.inference import InferenceEngine
-    from modelplane_runtime.service import InferFastPath, answer_errors_as_json, build_service
+    from modelplane_runtime.service import (
+        AccessGuard,
+        InferFastPath,
+        answer_errors_as_json,
+        build_service,
+    )
 
     engine = InferenceEngine(settings)
+    access = _access_control(settings)
     try:
         engine.load()
     except ModelLoadError as exc:
@@ -88,7 +98,11 @@ def serve(settings: RuntimeSettings) -> None:
     answer_errors_as_json(app)
     # A response must start within the request timeout; a little margin for the batcher's.
     deadline = settings.request_timeout_seconds + 5
-    app.user_middleware[:] = lean(app.user_middleware, Middleware(InferFastPath), deadline)
+    fast_path = Middleware(InferFastPath, access=access)
+    app.user_middleware[:] = lean(app.user_middleware, fast_path, deadline)
+    if access is not None:
+        engine.restrict(access)
+        app.user_middleware.insert(1, Middleware(AccessGuard, access=access))
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -109,6 +123,23 @@ def serve(settings: RuntimeSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _drained)
     _DrainingServer(config, engine).run()
+
+
+def _access_control(settings: RuntimeSettings) -> AccessControl | None:
+    """The access table, when the model is restricted; one that cannot be read stops the
+    start (a pod's is mounted before it starts: missing or invalid is a bug to see)."""
+    if settings.access_file is None:
+        return None
+    access = AccessControl(
+        settings.access_file, settings.model_name, AccessMetrics(settings.model_name)
+    )
+    try:
+        access.load()
+    except OSError as exc:
+        raise AccessFileError(f"access file {settings.access_file}: {exc.strerror}") from None
+    except InvalidAccessTable as exc:
+        raise AccessFileError(f"access file {settings.access_file} is invalid: {exc}") from None
+    return access
 
 
 def _report_load_failure(path: Path, message: str) -> None:

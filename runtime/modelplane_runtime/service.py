@@ -37,6 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from modelplane_api import facts
 from modelplane_api.settings import RuntimeSettings
 from modelplane_runtime import __version__
+from modelplane_runtime.access import AccessControl, ConsumerState
 from modelplane_runtime.connections import MALFORMED_BODY
 from modelplane_runtime.errors import (
     CLIENT_CLOSED,
@@ -54,6 +55,7 @@ from modelplane_runtime.errors import (
 from modelplane_runtime.inference import InferenceEngine, off_the_loop
 from modelplane_runtime.json_tensors import SMALL_BODY, parse_body
 from modelplane_runtime.memory import Reservation
+from modelplane_runtime.metrics import failure_outcome
 from modelplane_runtime.protocol import (
     BINARY_HEADER,
     InferenceRequest,
@@ -141,6 +143,10 @@ async def model_ready(request: Request, engine: InferenceEngine) -> Response:
 
 async def infer(request: Request, engine: InferenceEngine) -> Response:
     name = request.path_params["name"]
+    consumer: ConsumerState | None = request.scope.get(CONSUMER)
+    usage = consumer.usage() if consumer is not None else None
+    request_bytes = response_bytes = 0
+    outcome = "success"
     engine.metrics.pending.inc()
     try:
         _check_version(request)
@@ -152,13 +158,14 @@ async def infer(request: Request, engine: InferenceEngine) -> Response:
             async with asyncio.timeout_at(reader.answer_by) as reader.deadline:
                 with engine.reading_body():
                     body = await reader.read()
+                request_bytes = len(body)
                 reader.deadline.reschedule(reader.answer_by)
                 large = len(body) >= LARGE_BODY
                 json_part, binary = split_binary_body(body, request.headers.get(BINARY_HEADER))
                 parsed = await off_the_loop(_parse, json_part) if large else _parse(json_part)
                 del body, json_part
                 attach_binary_inputs(parsed, binary)
-                model, outputs = await engine.infer(name, parsed, large=large)
+                model, outputs = await engine.infer(name, parsed, large=large, usage=usage)
             # (a coroutine call costs every small request a microsecond or two)
             content, headers = (
                 await off_the_loop(encode_response, model.name, parsed, outputs)
@@ -171,14 +178,21 @@ async def infer(request: Request, engine: InferenceEngine) -> Response:
             reader.reservation.release()
         media = "application/octet-stream" if headers else "application/json"
         response = Response(content, media_type=media, headers=headers)
+        response_bytes = len(content)
     except ServingError as problem:
+        outcome = failure_outcome(problem.status)
         engine.metrics.failure(problem.status)
         raise
     except Exception:
+        outcome = failure_outcome(500)
         engine.metrics.failure(500)  # a bug; _route logs it and answers 500
         raise
     finally:
         engine.metrics.pending.dec()
+        if consumer is not None and usage is not None:
+            consumer.meter.record(
+                outcome, usage.rows, usage.compute_seconds, request_bytes, response_bytes
+            )
     engine.metrics.success.inc()
     return response
 
@@ -317,13 +331,20 @@ class InferFastPath:
     the request deadline) still apply. Every other route takes the full stack.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, access: AccessControl | None = None) -> None:
         self.app = app
+        self.access = access  # restricted: the key is checked here (one layer less)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and (found := _INFER_PATH.match(scope["path"])) is not None:
             if scope["method"] == "POST":
-                scope["path_params"] = {k: v for k, v in found.groupdict().items() if v}
+                params = {k: v for k, v in found.groupdict().items() if v}
+                if self.access is not None and (
+                    refusal := _refusal(self.access, params["name"], scope)
+                ):
+                    await refusal(scope, receive, send)
+                    return
+                scope["path_params"] = params
                 response = await _infer_endpoint(Request(scope, receive))
             else:
                 response = _error(
@@ -332,6 +353,65 @@ class InferFastPath:
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+# Reachable without a key on a restricted model: the kubelet's probes and Prometheus.
+PUBLIC_PATHS = frozenset(
+    {facts.LIVE_PATH, facts.READY_PATH, facts.METRICS_PATH, "/livez", "/readyz", "/healthz"}
+)
+_MODEL_IN_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)")
+CONSUMER = "modelplane.consumer"  # the scope key under which a request's consumer travels
+
+
+class AccessGuard:
+    """ASGI middleware, just inside InferFastPath (which checks inference itself) when the
+    model is restricted: every other request but the public ones needs a key."""
+
+    def __init__(self, app: ASGIApp, access: AccessControl) -> None:
+        self.app = app
+        self.access = access
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        found = _MODEL_IN_PATH.match(scope["path"])
+        refusal = _refusal(self.access, found.group("name") if found else None, scope)
+        await (refusal or self.app)(scope, receive, send)
+
+
+def _refusal(access: AccessControl, model: str | None, scope: Scope) -> Response | None:
+    """None when the request's key admits it (its consumer then in the scope), else the
+    answer that refuses it."""
+    authorization = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            authorization = bytes(value).decode("latin-1")
+            break
+    try:
+        scope[CONSUMER] = access.admit(
+            authorization, model, inference=scope["path"].endswith("/infer")
+        )
+    except ServingError as refused:
+        headers = refused.headers
+        if _large_or_unknown_body(scope):  # left unread: closing beats reading it
+            headers = {**headers, "Connection": "close"}
+        return _error(refused.status, refused.message, headers)
+    return None
+
+
+def _large_or_unknown_body(scope: Scope) -> bool:
+    if _header(scope, b"transfer-encoding") is not None:
+        return True
+    length = _header(scope, b"content-length")
+    return length is not None and not (length.isdigit() and int(length) < SMALL_BODY)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
 
 
 class _BareStarlette(Starlette):

@@ -1,0 +1,287 @@
+"""Who may call this model, and how fast: keys checked, limits enforced.
+
+Only with an access file (``MODELPLANE_ACCESS_FILE``; ``serve --access``): see
+modelplane_api.access for its shape. Without one the model is open, as before.
+
+- A request carries ``Authorization: Bearer <key>``. The key is hashed (SHA-256)
+  and looked up by digest: the runtime holds no key, only digests, and the
+  lookup's timing can only say something about a digest of the caller's own
+  input, which gives nothing towards a key; the final equality is
+  ``hmac.compare_digest``. No key, an unknown or an expired key: 401 with
+  ``WWW-Authenticate``. A known key not granted this model: 403.
+- Limits are token buckets per consumer, for requests and (optionally) rows. Each
+  replica enforces its share, ``limit / replicas``, with ``replicas`` from the
+  access file (the operator keeps it at the number of ready replicas): over it,
+  429 with ``Retry-After`` (whole seconds until the bucket holds enough again).
+- The file is re-read within ``ACCESS_RELOAD_SECONDS`` of a change: the kubelet
+  swaps a mounted Secret's files by renaming a symlink, so a change shows as a new
+  inode. A file that does not parse keeps the last good table (logged, counted);
+  a missing file at start refuses everyone until it appears (fail closed).
+- Buckets survive a reload; a rotated key (a new digest beside the old one with
+  ``notAfter``) and a revoked consumer (gone from the file) take effect at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from modelplane_api import facts
+from modelplane_api.access import (
+    ALL_MODELS,
+    MAX_ACCESS_FILE_BYTES,
+    AccessTable,
+    Consumer,
+    ConsumerLimits,
+    InvalidAccessTable,
+    parse_access_table,
+)
+from modelplane_runtime.batching import Usage
+from modelplane_runtime.errors import Forbidden, TooManyRequests, Unauthorized
+from modelplane_runtime.metrics import AccessMetrics, ConsumerMeter
+
+log = logging.getLogger("modelplane.runtime")
+
+_KEY = re.compile(r"[\x21-\x7e]{1,512}")  # RFC 6750's token, bounded
+
+
+@dataclass(slots=True)
+class _Bucket:
+    """A token bucket: ``rate`` per second, at most ``capacity`` at once. A request of more
+    than ``capacity`` units passes when the bucket is full and leaves it in debt."""
+
+    rate: float
+    capacity: float
+    tokens: float
+    updated: float
+
+    @classmethod
+    def full(cls, rate: float, capacity: float, now: float) -> _Bucket:
+        return cls(rate, capacity, capacity, now)
+
+    def take(self, amount: float, now: float) -> float:
+        """0 when taken, else the seconds until it could be."""
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        needed = min(amount, self.capacity)
+        if self.tokens >= needed:
+            self.tokens -= amount
+            return 0.0
+        return (needed - self.tokens) / self.rate
+
+    def resized(self, rate: float, capacity: float, now: float) -> _Bucket:
+        return _Bucket(rate, capacity, min(self.tokens, capacity), min(self.updated, now))
+
+
+@dataclass(slots=True)
+class ConsumerState:
+    """One consumer as this replica sees it: its grant, its share of the limits, its meter."""
+
+    name: str
+    grant: Consumer
+    meter: ConsumerMeter
+    models: frozenset[str] | None = None  # None: every model
+    requests: _Bucket | None = None
+    rows: _Bucket | None = None
+    limits_key: tuple[ConsumerLimits | None, int] = field(default=(None, 1))
+
+    def usage(self) -> Usage:
+        """A request's usage record, checking its rows against this consumer's row rate."""
+        return Usage(admit_rows=self.admit_rows if self.rows is not None else None)
+
+    def admit_rows(self, rows: int) -> None:
+        if self.rows is None:
+            return
+        wait = self.rows.take(rows, time.monotonic())
+        if wait:  # counted by the request's own outcome
+            limits = self.grant.limits
+            per_second = limits.rows_per_second if limits else None
+            raise TooManyRequests(
+                f"consumer '{self.name}' is over its row rate ({per_second:g} rows/s for the "
+                f"model); this request has {rows} rows; retry later",
+                retry_after=_whole_seconds(wait),
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    digest: bytes
+    consumer: ConsumerState
+    not_after: float | None  # epoch seconds
+
+
+class AccessControl:
+    def __init__(
+        self,
+        path: Path,
+        model: str,
+        metrics: AccessMetrics,
+    ) -> None:
+        self.path = path
+        self.model = model
+        self.metrics = metrics
+        self._keys: dict[bytes, _Key] = {}
+        self._consumers: dict[str, ConsumerState] = {}
+        self._seen: tuple[int, int, int, int] | None = None  # (device, inode, size, mtime)
+        self._failed: tuple[int, int, int, int] | None = None
+
+    # --- the table ------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Read the file now; raise when it is missing or invalid (a command line says so)."""
+        signature = _signature(self.path)
+        self._install(parse_access_table(_read(self.path)))
+        self._seen = signature
+
+    def refresh(self) -> None:
+        """Re-read the file if it changed; a bad file keeps the last good table."""
+        try:
+            signature = _signature(self.path)
+        except OSError as exc:
+            if self._failed != (0, 0, 0, 0):
+                log.error("access file %s is unreadable (%s): the last table stays", self.path, exc)
+                self.metrics.reloaded("unreadable")
+                self._failed = (0, 0, 0, 0)
+            return
+        if signature in (self._seen, self._failed):
+            return
+        try:
+            table = parse_access_table(_read(self.path))
+        except (OSError, InvalidAccessTable) as exc:
+            log.error("access file %s is invalid (%s): the last table stays", self.path, exc)
+            self.metrics.reloaded("invalid")
+            self._failed = signature
+            return
+        self._install(table)
+        self._seen, self._failed = signature, None
+        self.metrics.reloaded("loaded")
+
+    async def watch(self) -> None:
+        while True:
+            await asyncio.sleep(facts.ACCESS_RELOAD_SECONDS)
+            self.refresh()
+
+    def _install(self, table: AccessTable) -> None:
+        now = time.monotonic()
+        consumers: dict[str, ConsumerState] = {}
+        keys: dict[bytes, _Key] = {}
+        for grant in table.consumers:
+            state = self._consumers.get(grant.name) or ConsumerState(
+                grant.name, grant, self.metrics.meter(grant.name)
+            )
+            state.grant = grant
+            state.models = None if ALL_MODELS in grant.models else frozenset(grant.models)
+            _share_limits(state, grant.limits, table.replicas, now)
+            consumers[grant.name] = state
+            for key in grant.keys:
+                digest = bytes.fromhex(key.sha256)
+                expires = key.not_after.timestamp() if key.not_after else None
+                keys[digest] = _Key(digest, state, expires)
+        self._consumers, self._keys = consumers, keys
+        self.metrics.consumers(len(consumers))
+        log.info(
+            "access: %d consumers, %d keys, limits shared by %d replicas",
+            len(consumers),
+            len(keys),
+            table.replicas,
+        )
+
+    # --- requests -------------------------------------------------------------------
+
+    def admit(
+        self, authorization: str | None, model: str | None, *, inference: bool
+    ) -> ConsumerState:
+        """The consumer calling, if it may call ``model`` now (None: no model named). An
+        ``inference`` request refused here is counted in the consumer's usage."""
+        if authorization is None:
+            self.metrics.refused("missing_key")
+            raise Unauthorized("this model needs a key: send 'Authorization: Bearer <key>'")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not _KEY.fullmatch(token):
+            self.metrics.refused("malformed")
+            raise Unauthorized(
+                "the Authorization header must be 'Bearer <key>'", error="invalid_request"
+            )
+        digest = hashlib.sha256(token.encode()).digest()
+        key = self._keys.get(digest)
+        if key is None or not hmac.compare_digest(key.digest, digest):
+            self.metrics.refused("unknown_key")
+            raise Unauthorized("the key is not valid for this model", error="invalid_token")
+        if key.not_after is not None and time.time() >= key.not_after:
+            self.metrics.refused("expired_key")
+            raise Unauthorized(
+                "the key was rotated out and its overlap has ended; use the new key",
+                error="invalid_token",
+            )
+        consumer = key.consumer
+        if model is not None and consumer.models is not None and model not in consumer.models:
+            if inference:
+                consumer.meter.outcome("403")
+            raise Forbidden(f"consumer '{consumer.name}' is not granted model '{model}'")
+        if consumer.requests is not None:
+            wait = consumer.requests.take(1, time.monotonic())
+            if wait:
+                if inference:
+                    consumer.meter.outcome("429")
+                raise TooManyRequests(
+                    f"consumer '{consumer.name}' is over its request rate "
+                    f"({_rate(consumer.grant.limits)}); retry later",
+                    retry_after=_whole_seconds(wait),
+                )
+        return consumer
+
+
+def _share_limits(
+    state: ConsumerState, limits: ConsumerLimits | None, replicas: int, now: float
+) -> None:
+    if state.limits_key == (limits, replicas) and (state.requests or limits is None):
+        return
+    state.limits_key = (limits, replicas)
+    if limits is None:
+        state.requests = state.rows = None
+        return
+    rate = limits.requests_per_second / replicas
+    capacity = max(1.0, limits.burst / replicas)
+    state.requests = (
+        state.requests.resized(rate, capacity, now)
+        if state.requests
+        else _Bucket.full(rate, capacity, now)
+    )
+    if limits.rows_per_second is None:
+        state.rows = None
+        return
+    row_rate = limits.rows_per_second / replicas
+    row_capacity = max(1.0, row_rate)  # a second's worth
+    state.rows = (
+        state.rows.resized(row_rate, row_capacity, now)
+        if state.rows
+        else _Bucket.full(row_rate, row_capacity, now)
+    )
+
+
+def _rate(limits: ConsumerLimits | None) -> str:
+    if limits is None:
+        return "no limit"
+    return f"{limits.requests_per_second:g} requests/s, burst {limits.burst}, for the model"
+
+
+def _whole_seconds(wait: float) -> int:
+    return max(1, math.ceil(wait))
+
+
+def _signature(path: Path) -> tuple[int, int, int, int]:
+    stat = os.stat(path)  # follows the kubelet's symlinks to the current file
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def _read(path: Path) -> bytes:
+    with path.open("rb") as handle:
+        return handle.read(MAX_ACCESS_FILE_BYTES + 1)
