@@ -178,6 +178,8 @@ def decode_data(
     where: str, data: Any, shape: list[int], dtype: np.dtype[Any], datatype: str
 ) -> np.ndarray[Any, Any]:
     """``data`` (DataText, or a value parsed with the envelope) as an array of ``shape``."""
+    if dtype.kind == "O":
+        return _strings(where, data, shape)
     if isinstance(data, list):
         kinds = set(map(type, data))
         values = _values_as_shaped(data, shape, kinds)
@@ -204,6 +206,26 @@ def decode_data(
             f"exactly as shape {shape}"
         )
     return out.reshape(shape)
+
+
+def _strings(where: str, data: Any, shape: list[int]) -> np.ndarray[Any, Any]:
+    """BYTES as JSON: strings, one flat list or nested exactly as ``shape``."""
+    if not isinstance(data, list):
+        raise BadRequest(f"{where}: 'data' must be a list of strings")
+    kinds = set(map(type, data))
+    values = _values_as_shaped(data, shape, kinds)
+    if values is None:
+        count = math.prod(shape)
+        if list not in kinds:
+            raise BadRequest(f"{where}: {len(data)} elements given but shape {shape} needs {count}")
+        raise BadRequest(
+            f"{where}: data must be one flat list of {count} strings or lists nested "
+            f"exactly as shape {shape}"
+        )
+    _refuse(where, values, 0, lambda v: type(v) is str, "a string (BYTES)")
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array.reshape(shape)
 
 
 def _values_as_shaped(data: list[Any], shape: list[int], kinds: set[type]) -> list[Any] | None:

@@ -250,7 +250,10 @@ class OnnxModel:
         arrays = {}
         for spec in self.inputs.values():
             shape = [(batch if i == 0 else 1) if d == -1 else d for i, d in enumerate(spec.shape)]
-            arrays[spec.name] = np.zeros(shape, dtype=spec.dtype)
+            if spec.dtype.kind == "O":  # BYTES: onnxruntime wants text
+                arrays[spec.name] = np.full(shape, "", dtype=object)
+            else:
+                arrays[spec.name] = np.zeros(shape, dtype=spec.dtype)
         return arrays
 
     def warm_up(self, iterations: int, max_batch_size: int) -> None:

@@ -16,11 +16,13 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from modelplane_runtime.errors import BadRequest
+from modelplane_runtime.errors import BadRequest, ServingError
 from modelplane_runtime.json_tensors import decode_data
 
-# OIP datatype <-> numpy dtype, both ways. BYTES and BF16 are not served.
+# OIP datatype <-> numpy dtype, both ways. BF16 is not served. BYTES elements are
+# onnxruntime string tensors: numpy object arrays of str (text, so UTF-8 on the wire).
 DATATYPES: dict[str, np.dtype[Any]] = {
+    "BYTES": np.dtype(object),
     "BOOL": np.dtype(np.bool_),
     "UINT8": np.dtype(np.uint8),
     "UINT16": np.dtype(np.uint16),
@@ -38,6 +40,7 @@ DATATYPE_OF: dict[np.dtype[Any], str] = {dtype: name for name, dtype in DATATYPE
 
 # onnxruntime's type strings for the same types.
 ONNX_TYPES: dict[str, str] = {
+    "tensor(string)": "BYTES",
     "tensor(bool)": "BOOL",
     "tensor(uint8)": "UINT8",
     "tensor(uint16)": "UINT16",
@@ -105,6 +108,8 @@ def tensor_from_wire(spec: RequestInput, dtype: np.dtype[Any]) -> np.ndarray[Any
 def _tensor_from_bytes(
     spec: RequestInput, dtype: np.dtype[Any], raw: memoryview
 ) -> np.ndarray[Any, Any]:
+    if dtype.kind == "O":
+        return _strings_from_bytes(spec, raw)
     expected = math.prod(spec.shape) * dtype.itemsize
     if len(raw) != expected:
         raise BadRequest(
@@ -120,6 +125,63 @@ def _tensor_from_bytes(
                 "BOOL elements are one byte, 0 or 1"
             )
     return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(spec.shape)
+
+
+def _strings_from_bytes(spec: RequestInput, raw: memoryview) -> np.ndarray[Any, Any]:
+    """BYTES in binary: each element a 4-byte little-endian length, then that many bytes."""
+    where = f"input '{spec.name}'"
+    count = math.prod(spec.shape)
+    values: list[str] = []
+    offset = 0
+    while offset < len(raw):
+        if len(values) == count:
+            raise BadRequest(
+                f"{where}: binary data holds more than the {count} elements of shape {spec.shape}"
+            )
+        if offset + 4 > len(raw):
+            raise BadRequest(f"{where}: BYTES element {len(values)} has a cut-off length prefix")
+        size = int.from_bytes(raw[offset : offset + 4], "little")
+        offset += 4
+        if offset + size > len(raw):
+            raise BadRequest(
+                f"{where}: BYTES element {len(values)} declares {size} bytes; "
+                f"{len(raw) - offset} remain"
+            )
+        try:
+            values.append(str(raw[offset : offset + size], "utf-8"))
+        except UnicodeDecodeError:
+            raise BadRequest(
+                f"{where}: BYTES element {len(values)} is not UTF-8 text "
+                "(onnxruntime string tensors hold text)"
+            ) from None
+        offset += size
+    if len(values) != count:
+        raise BadRequest(
+            f"{where}: {len(values)} elements given but shape {spec.shape} needs {count}"
+        )
+    return _object_array(values, spec.shape)
+
+
+def _object_array(values: list[str], shape: list[int]) -> np.ndarray[Any, Any]:
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array.reshape(shape)
+
+
+def _strings_to_bytes(name: str, array: np.ndarray[Any, Any]) -> bytes:
+    parts = []
+    for value in array.reshape(-1):
+        encoded = _utf8(name, value)
+        parts += [len(encoded).to_bytes(4, "little"), encoded]
+    return b"".join(parts)
+
+
+def _utf8(name: str, value: Any) -> bytes:
+    text = value if isinstance(value, str) else str(value)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ServingError(f"output '{name}' holds a string that is not valid Unicode") from None
 
 
 # --- the binary tensor data extension (Triton's; its HTTP client uses it by default) ----------
@@ -170,7 +232,10 @@ def encode_response(
     blobs: list[bytes] = []
     for name, array in outputs.items():
         if _wants_binary(request, name):
-            blob = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            if array.dtype.kind == "O":
+                blob = _strings_to_bytes(name, array)
+            else:
+                blob = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
             wire.append(
                 {
                     "name": name,
@@ -201,8 +266,10 @@ def tensor_to_wire(name: str, array: np.ndarray[Any, Any]) -> dict[str, Any]:
         data = orjson.Fragment(_json_in_chunks(flat))
     elif array.dtype.kind in "biuf":
         data = _json_ready(flat)
-    else:
-        data = flat.tolist()
+    else:  # BYTES: JSON strings (a string that is not valid Unicode is a 500, named)
+        data = [value if isinstance(value, str) else str(value) for value in flat.tolist()]
+        for value in data:
+            _utf8(name, value)
     return {"name": name, "datatype": datatype, "shape": list(array.shape), "data": data}
 
 

@@ -111,10 +111,41 @@ def matmul_chain(path: Path, *, width: int = 256, layers: int = 8, seed: int = 0
 
 
 def string_input(path: Path) -> Path:
-    """A model with a string tensor, which modelplane does not serve."""
-    x = helper.make_tensor_value_info("x", TensorProto.STRING, ["batch"])
-    y = helper.make_tensor_value_info("y", TensorProto.STRING, ["batch"])
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "strings", [x], [y])
+    """Standard ONNX string operators: x BYTES [batch, 2] -> shout BYTES [batch, 2] (each
+    element + "!", StringConcat), joined BYTES [batch] (the two columns concatenated),
+    is_hello BOOL [batch, 2] (Equal to "hello")."""
+    x = helper.make_tensor_value_info("x", TensorProto.STRING, ["batch", 2])
+    shout = helper.make_tensor_value_info("shout", TensorProto.STRING, ["batch", 2])
+    joined = helper.make_tensor_value_info("joined", TensorProto.STRING, ["batch"])
+    is_hello = helper.make_tensor_value_info("is_hello", TensorProto.BOOL, ["batch", 2])
+    constants = [
+        numpy_helper.from_array(np.array("!", dtype=object), "bang"),
+        numpy_helper.from_array(np.array("hello", dtype=object), "hello"),
+        *(numpy_helper.from_array(np.array([i], dtype=np.int64), f"i{i}") for i in (0, 1, 2)),
+    ]
+    nodes = [
+        helper.make_node("StringConcat", ["x", "bang"], ["shout"]),
+        helper.make_node("Equal", ["x", "hello"], ["is_hello"]),
+        helper.make_node("Slice", ["x", "i0", "i1", "i1"], ["left"]),
+        helper.make_node("Slice", ["x", "i1", "i2", "i1"], ["right"]),
+        helper.make_node("StringConcat", ["left", "right"], ["joined_2d"]),
+        helper.make_node("Squeeze", ["joined_2d", "i1"], ["joined"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "strings", [x], [shout, joined, is_hello], initializer=constants
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def bfloat16_input(path: Path) -> Path:
+    """A model with a BF16 tensor, which modelplane does not serve."""
+    x = helper.make_tensor_value_info("x", TensorProto.BFLOAT16, ["batch"])
+    y = helper.make_tensor_value_info("y", TensorProto.BFLOAT16, ["batch"])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "bf16", [x], [y])
     return _save(graph, path)
 
 

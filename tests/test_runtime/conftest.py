@@ -22,6 +22,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "recip": onnx_models.reciprocal(folder / "recip.onnx"),
         "chain": onnx_models.matmul_chain(folder / "chain.onnx"),
         "strings": onnx_models.string_input(folder / "strings.onnx"),
+        "bf16": onnx_models.bfloat16_input(folder / "bf16.onnx"),
     }
 
 

@@ -124,7 +124,7 @@ def test_unservable_models_exit_with_the_reason(models: dict[str, Path], tmp_pat
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(b"not a model")
     cases = [
-        (["--model", str(models["strings"])], {}, "tensor(string)"),
+        (["--model", str(models["bf16"])], {}, "tensor(bfloat16)"),
         (["--model", str(corrupt)], {}, "onnxruntime cannot load"),
         (
             ["--model", str(models["relu"])],

@@ -20,7 +20,7 @@ def _decode(datatype: str, data: Any, shape: list[int] | None = None) -> np.ndar
 
 
 def test_the_table_covers_every_served_datatype() -> None:
-    assert set(DATATYPES) == {"BOOL", *INTEGERS, *FLOATS}
+    assert set(DATATYPES) == {"BOOL", "BYTES", *INTEGERS, *FLOATS}
     assert len(INTEGERS) == 8
     assert len(FLOATS) == 3
 
@@ -74,7 +74,7 @@ def test_bool_takes_booleans_only() -> None:
 
 @pytest.mark.parametrize("datatype", list(DATATYPES))
 def test_shape_and_element_count_must_agree(datatype: str) -> None:
-    value = True if datatype == "BOOL" else 1
+    value = {"BOOL": True, "BYTES": "s"}.get(datatype, 1)
     assert _decode(datatype, [[value, value]], shape=[1, 2]).shape == (1, 2)
     with pytest.raises(BadRequest, match=r"input 'x': 3 elements given but shape \[2, 2\]"):
         _decode(datatype, [value] * 3, shape=[2, 2])
