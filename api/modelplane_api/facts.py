@@ -41,6 +41,11 @@ PENDING_REQUESTS_METRIC = "modelplane_pending_requests"
 URI_SCHEMES = ("s3", "gs", "http", "https", "pvc", "file")
 FETCH_SCHEMES = frozenset({"file", "http", "https", "s3", "gs"})  # what `fetch` copies
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
+# A model directory's integrity: this file (sha256sum's format) lists every file with
+# its digest; the ModelDeployment's sha256 is the digest of this file.
+MANIFEST_FILE = "SHA256SUMS"
+MAX_MODEL_BYTES = 1 << 40  # what an archive or directory may unpack to (1 TiB)
+MAX_MODEL_FILES = 10_000
 
 # --- onnxruntime ----------------------------------------------------------------------------
 

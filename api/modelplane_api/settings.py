@@ -27,6 +27,8 @@ class RuntimeSettings(BaseSettings):
     model_name: str = Field(default="model", min_length=1, max_length=253)
     model_path: Path = Path(facts.MODEL_DIR) / facts.FETCHED_MODEL_FILE
     model_sha256: str | None = Field(default=None, pattern=facts.SHA256_PATTERN)
+    # When model_path is a directory: the graph file in it (none: its only .onnx file).
+    model_graph: str | None = Field(default=None, min_length=1, max_length=1024)
     execution_providers: Annotated[tuple[ExecutionProvider, ...], NoDecode] = (facts.CPU_PROVIDER,)
     allow_cpu_fallback: bool = False
     intra_op_threads: int = Field(default=0, ge=0, le=facts.THREADS_LIMIT)

@@ -32,6 +32,7 @@ def _serve(args: argparse.Namespace) -> int:
             port=args.port,
             allow_cpu_fallback=args.allow_cpu_fallback,
             access=args.access,
+            graph=args.graph,
         )
     serve(settings)
     return 0
@@ -47,8 +48,22 @@ def _new_key(args: argparse.Namespace) -> int:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from modelplane_runtime.fetch import fetch
+    from urllib.parse import urlsplit
 
+    from modelplane_runtime.archives import is_archive
+    from modelplane_runtime.fetch import fetch, fetch_tree
+
+    if args.uri.endswith("/") or is_archive(urlsplit(args.uri).path):
+        digest = fetch_tree(
+            args.uri,
+            Path(args.destination),
+            sha256=args.sha256,
+            max_bytes=args.max_bytes,
+            max_files=args.max_files,
+        )
+        checked = f"sha256 {digest}" if digest else "no sha256 given: not verified"
+        print(f"fetched {args.uri} -> {args.destination}/ ({checked})")
+        return 0
     digest = fetch(args.uri, Path(args.destination), sha256=args.sha256)
     print(f"fetched {args.uri} -> {args.destination} (sha256 {digest})")
     return 0
@@ -71,12 +86,17 @@ def add_commands(commands: argparse._SubParsersAction[Parser]) -> None:
         formatter_class=HELP_FORMAT,
     )
     source = serve.add_mutually_exclusive_group()
-    source.add_argument("--model", metavar="FILE", help="an .onnx file to serve")
+    source.add_argument(
+        "--model", metavar="PATH", help="an .onnx file, or a directory holding one with its weights"
+    )
     source.add_argument(
         "-f", "--file", metavar="YAML", help="a ModelDeployment manifest to serve as its pod would"
     )
     serve.add_argument(
         "--name", help="the model's name in URLs (default: the file's stem, or metadata.name)"
+    )
+    serve.add_argument(
+        "--graph", help="with a --model directory: its graph file (default: its only .onnx)"
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument(
@@ -110,9 +130,26 @@ def add_commands(commands: argparse._SubParsersAction[Parser]) -> None:
         description="Copy a model to a local file; with --sha256 a mismatch writes nothing.",
         formatter_class=HELP_FORMAT,
     )
-    fetch.add_argument("uri", help="file://, http(s)://, s3:// or gs:// URI")
-    fetch.add_argument("destination", help="local path to write")
-    fetch.add_argument("--sha256", help="expected sha256 (64 hex digits); none: not checked")
+    fetch.add_argument(
+        "uri",
+        help="file://, http(s)://, s3:// or gs:// URI: one file, a directory (ending in /)"
+        " or an archive (.tar, .tar.gz, .tgz, .zip)",
+    )
+    fetch.add_argument("destination", help="local path to write (a directory for the last two)")
+    fetch.add_argument(
+        "--sha256",
+        help="expected sha256 (64 hex digits) of the file or archive, or of a directory's"
+        f" {facts.MANIFEST_FILE} manifest; none: not checked",
+    )
+    fetch.add_argument(
+        "--max-bytes",
+        type=int,
+        default=facts.MAX_MODEL_BYTES,
+        help="most bytes a directory or archive may unpack to",
+    )
+    fetch.add_argument(
+        "--max-files", type=int, default=facts.MAX_MODEL_FILES, help="most files it may hold"
+    )
     fetch.set_defaults(handler=_failing_as_commands(_fetch))
 
     export = commands.add_parser(

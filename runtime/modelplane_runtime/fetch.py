@@ -8,14 +8,26 @@ The file appears at its destination only complete and verified.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
+import shutil
 import tempfile
-from pathlib import Path
+import time
+from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
-from modelplane_api.facts import FETCH_SCHEMES, SHA256_PATTERN
+from modelplane_api.facts import (
+    FETCH_SCHEMES,
+    MANIFEST_FILE,
+    MAX_MODEL_BYTES,
+    MAX_MODEL_FILES,
+    SHA256_PATTERN,
+)
+from modelplane_runtime.archives import ARCHIVE_SUFFIXES, extract, is_archive, replace_directory
 from modelplane_runtime.errors import FetchError
+
+log = logging.getLogger("modelplane.fetch")
 
 _PROTOCOL_PACKAGES = {"s3": "s3fs", "gs": "gcsfs", "http": "aiohttp", "https": "aiohttp"}
 _CHUNK = 1 << 20
@@ -23,11 +35,8 @@ _CHUNK = 1 << 20
 
 def fetch(uri: str, destination: Path, *, sha256: str | None = None) -> str:
     """Copy ``uri`` to ``destination``; return the sha256 of what was written."""
+    _check_request(uri, sha256)
     scheme = urlsplit(uri).scheme
-    if scheme not in FETCH_SCHEMES:
-        raise FetchError(f"cannot fetch '{uri}': the scheme must be one of {sorted(FETCH_SCHEMES)}")
-    if sha256 is not None and not re.fullmatch(SHA256_PATTERN, sha256):
-        raise FetchError("--sha256 must be 64 lowercase hex characters")
     import fsspec
 
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -56,3 +65,181 @@ def fetch(uri: str, destination: Path, *, sha256: str | None = None) -> str:
     finally:
         Path(partial).unlink(missing_ok=True)
     return actual
+
+
+def _check_request(uri: str, sha256: str | None) -> None:
+    scheme = urlsplit(uri).scheme
+    if scheme not in FETCH_SCHEMES:
+        raise FetchError(f"cannot fetch '{uri}': the scheme must be one of {sorted(FETCH_SCHEMES)}")
+    if sha256 is not None and not re.fullmatch(SHA256_PATTERN, sha256):
+        raise FetchError("--sha256 must be 64 lowercase hex characters")
+
+
+# --- directories and archives -----------------------------------------------------------
+
+
+def fetch_tree(
+    uri: str,
+    destination: Path,
+    *,
+    sha256: str | None = None,
+    max_bytes: int = MAX_MODEL_BYTES,
+    max_files: int = MAX_MODEL_FILES,
+) -> str | None:
+    """Copy a model directory (``uri`` ending in ``/``) or archive (.tar, .tar.gz, .tgz,
+    .zip) to the directory ``destination``, which appears only complete and verified.
+
+    ``sha256`` is the archive's digest, or for a directory the digest of its SHA256SUMS
+    manifest, which then lists every file fetched with its own digest (an http(s)
+    directory needs one: it cannot be listed). Return the digest checked, if any."""
+    _check_request(uri, sha256)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}."))
+    try:
+        if is_archive(urlsplit(uri).path):
+            digest: str | None = _fetch_archive(uri, staged, sha256, max_bytes, max_files)
+        elif uri.endswith("/"):
+            digest = _fetch_directory(uri, staged, sha256, max_bytes, max_files)
+        else:
+            raise FetchError(
+                f"'{uri}' is neither a directory (ending in '/') nor an archive "
+                f"({', '.join(ARCHIVE_SUFFIXES)})"
+            )
+        replace_directory(staged, destination)
+    except FetchError:
+        raise
+    except ImportError as exc:
+        package = _PROTOCOL_PACKAGES.get(urlsplit(uri).scheme, str(exc))
+        raise FetchError(
+            f"fetching {urlsplit(uri).scheme}:// needs the {package} package ({exc})"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - fsspec backends raise many kinds
+        raise FetchError(f"cannot fetch '{uri}': {type(exc).__name__}: {exc}") from None
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return digest
+
+
+def _fetch_archive(
+    uri: str, staged: Path, sha256: str | None, max_bytes: int, max_files: int
+) -> str:
+    name = PurePosixPath(urlsplit(uri).path).name
+    archive = staged.with_name(staged.name + "-" + name)
+    try:
+        digest = _copy_file(uri, archive, max_bytes)
+        if sha256 is not None and digest != sha256:
+            raise FetchError(f"'{uri}' has sha256 {digest}, not the expected {sha256}")
+        extract(archive, staged, max_bytes=max_bytes, max_files=max_files)
+    finally:
+        archive.unlink(missing_ok=True)
+    return digest
+
+
+def _fetch_directory(
+    uri: str, staged: Path, sha256: str | None, max_bytes: int, max_files: int
+) -> str | None:
+    import fsspec
+
+    if sha256 is None and urlsplit(uri).scheme in {"http", "https"}:
+        raise FetchError(
+            f"'{uri}': an http(s) directory cannot be listed; give the sha256 of its "
+            f"{MANIFEST_FILE} manifest (sha256sum's format) that lists its files"
+        )
+    if sha256 is None:
+        fs, root = fsspec.core.url_to_fs(uri)
+        found = sorted(fs.find(root))
+        names = [PurePosixPath(p).relative_to(PurePosixPath(root)).as_posix() for p in found]
+        wanted: dict[str, str | None] = dict.fromkeys(names)
+    else:
+        manifest = staged / MANIFEST_FILE
+        if _copy_file(uri + MANIFEST_FILE, manifest, 1 << 24) != sha256:
+            raise FetchError(f"{uri}{MANIFEST_FILE} does not have the expected sha256 {sha256}")
+        wanted = _read_manifest(manifest)
+        manifest.unlink()
+    if len(wanted) > max_files:
+        raise FetchError(f"'{uri}' holds {len(wanted)} files, over the cap of {max_files}")
+    total = 0
+    for name, expected in wanted.items():
+        target = _inside(staged, name)
+        digest = _copy_file(uri + name, target, max_bytes - total)
+        total += target.stat().st_size
+        if expected is not None and digest != expected:
+            raise FetchError(
+                f"{uri}{name} has sha256 {digest}, not {expected} as {MANIFEST_FILE} says"
+            )
+    return sha256
+
+
+def _read_manifest(path: Path) -> dict[str, str | None]:
+    files: dict[str, str | None] = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        found = re.fullmatch(r"([0-9a-f]{64}) [ *](.+)", line.strip())
+        if found is None:
+            raise FetchError(f"{MANIFEST_FILE} line {number} is not '<sha256>  <path>'")
+        files[found.group(2)] = found.group(1)
+    if not files:
+        raise FetchError(f"{MANIFEST_FILE} lists no file")
+    return files
+
+
+def _inside(root: Path, name: str) -> Path:
+    path = PurePosixPath(name)
+    if path.is_absolute() or ".." in path.parts:
+        raise FetchError(f"'{name}' would land outside the model directory")
+    target = root.joinpath(*path.parts)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+def _copy_file(uri: str, target: Path, max_bytes: int) -> str:
+    """Stream ``uri`` into ``target``, at most ``max_bytes``; return its sha256."""
+    import fsspec
+
+    digest = hashlib.sha256()
+    progress = _Progress(uri)
+    with fsspec.open(uri, "rb") as source, target.open("wb") as out:
+        progress.total = getattr(source, "size", None)
+        while chunk := source.read(_CHUNK):
+            progress.advance(len(chunk))
+            if progress.done > max_bytes:
+                raise FetchError(f"'{uri}' is larger than the cap of {max_bytes} bytes")
+            digest.update(chunk)
+            out.write(chunk)
+    progress.finish()
+    return digest.hexdigest()
+
+
+class _Progress:
+    """Logs bytes so far, the total when known, and the rate, every few seconds."""
+
+    EVERY_SECONDS = 5.0
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.total: int | None = None
+        self.done = 0
+        self.started = self.logged = time.monotonic()
+
+    def advance(self, count: int) -> None:
+        self.done += count
+        now = time.monotonic()
+        if now - self.logged >= self.EVERY_SECONDS:
+            self.logged = now
+            self._log("fetching")
+
+    def finish(self) -> None:
+        self._log("fetched")
+
+    def _log(self, verb: str) -> None:
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        total = f" of {self.total / 2**20:.1f} MiB" if self.total else ""
+        log.info(
+            "%s %s: %.1f MiB%s (%.1f MiB/s)",
+            verb,
+            self.uri,
+            self.done / 2**20,
+            total,
+            self.done / 2**20 / elapsed,
+        )

@@ -22,6 +22,7 @@ def settings_for_local_serving(
     port: int,
     allow_cpu_fallback: bool,
     access: str | None = None,
+    graph: str | None = None,
 ) -> RuntimeSettings:
     settings = _model_settings(
         model=model,
@@ -31,6 +32,10 @@ def settings_for_local_serving(
         port=port,
         allow_cpu_fallback=allow_cpu_fallback,
     )
+    if graph is not None:
+        if model is None or not Path(model).is_dir():
+            raise UsageError("--graph names the graph file in a --model directory")
+        settings = settings.model_copy(update={"model_graph": graph})
     if access is None:
         return settings
     if not Path(access).is_file():
@@ -49,8 +54,8 @@ def _model_settings(
 ) -> RuntimeSettings:
     if model is not None:
         path = Path(model)
-        if not path.is_file():
-            raise UsageError(f"--model {model}: no such file")
+        if not path.exists():
+            raise UsageError(f"--model {model}: no such file or directory")
         # Everything the flags do not name still comes from MODELPLANE_* variables.
         from_env = RuntimeSettings()
         return from_env.model_copy(

@@ -108,6 +108,26 @@ def check_provider_in_use(
     return primary
 
 
+def graph_file(directory: Path, name: str | None) -> Path:
+    """The ONNX graph in a model directory: ``name``, or the only .onnx file in it.
+    onnxruntime finds external data (weights) beside the graph by their relative paths."""
+    if name is not None:
+        graph = directory / name
+        if not graph.is_file():
+            raise ModelLoadError(f"the model directory {directory} has no graph file '{name}'")
+        return graph
+    graphs = sorted(p for p in directory.rglob("*.onnx") if p.is_file())
+    if len(graphs) == 1:
+        return graphs[0]
+    if not graphs:
+        raise ModelLoadError(f"the model directory {directory} holds no .onnx file")
+    listed = ", ".join(str(g.relative_to(directory)) for g in graphs[:5])
+    raise ModelLoadError(
+        f"the model directory {directory} holds several .onnx files ({listed}); "
+        "name the graph (model.graph, serve --graph)"
+    )
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as stream:
@@ -148,9 +168,11 @@ class OnnxModel:
         session_factory: SessionFactory = _create_session,
     ) -> OnnxModel:
         path = Path(settings.model_path)
-        if not path.is_file():
+        if path.is_dir():  # fetched from a directory or archive: verified as it was fetched
+            path = graph_file(path, settings.model_graph)
+        elif not path.is_file():
             raise ModelLoadError(f"model file {path} does not exist")
-        if settings.model_sha256:
+        elif settings.model_sha256:
             actual = file_sha256(path)
             if actual != settings.model_sha256:
                 raise ModelLoadError(

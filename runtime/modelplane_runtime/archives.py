@@ -1,0 +1,132 @@
+"""Unpack a model archive (.tar, .tar.gz, .tgz, .zip) without trusting it.
+
+An archive is hostile input: every member must be a regular file or a directory
+whose path stays inside the destination (no absolute path, no ``..``), there are
+no links and no device files, and the files together are capped in bytes and in
+number, counted as they are written (a decompression bomb is stopped at the cap,
+whatever its headers claim). A refusal names the member and the rule.
+"""
+
+from __future__ import annotations
+
+import shutil
+import stat
+import tarfile
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import IO
+
+from modelplane_runtime.errors import FetchError
+
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
+_COPY_CHUNK = 1 << 20
+
+
+def is_archive(name: str) -> bool:
+    return name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+class _Budget:
+    def __init__(self, max_bytes: int, max_files: int) -> None:
+        self.max_bytes = max_bytes
+        self.max_files = max_files
+        self.bytes = 0
+        self.files = 0
+
+    def file(self, name: str) -> None:
+        self.files += 1
+        if self.files > self.max_files:
+            raise FetchError(
+                f"archive holds more than {self.max_files} files (at '{name}'); "
+                "raise the cap (fetch --max-files) if the model really has that many"
+            )
+
+    def wrote(self, name: str, count: int) -> None:
+        self.bytes += count
+        if self.bytes > self.max_bytes:
+            raise FetchError(
+                f"archive unpacks to more than {self.max_bytes} bytes (at '{name}'); "
+                "raise the cap (fetch --max-bytes) if the model really is that large"
+            )
+
+
+def extract(archive: Path, into: Path, *, max_bytes: int, max_files: int) -> None:
+    """Unpack ``archive`` (named by its suffix) into the empty directory ``into``."""
+    budget = _Budget(max_bytes, max_files)
+    name = archive.name.lower()
+    try:
+        if name.endswith(".zip"):
+            _extract_zip(archive, into, budget)
+        else:
+            _extract_tar(archive, into, budget)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise FetchError(f"cannot unpack {archive.name}: {exc}") from None
+
+
+def _target(into: Path, member: str) -> Path:
+    path = PurePosixPath(member)
+    if path.is_absolute() or ".." in path.parts or member.startswith("\\"):
+        raise FetchError(f"archive member '{member}' would land outside the model directory")
+    parts = [p for p in path.parts if p not in ("", ".")]
+    if not parts:
+        raise FetchError(f"archive member '{member}' has no name")
+    return into.joinpath(*parts)
+
+
+def _copy(source: IO[bytes], target: Path, member: str, budget: _Budget) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("xb") as out:
+        while chunk := source.read(_COPY_CHUNK):
+            budget.wrote(member, len(chunk))
+            out.write(chunk)
+
+
+def _extract_tar(archive: Path, into: Path, budget: _Budget) -> None:
+    with tarfile.open(archive, mode="r:*") as tar:
+        for member in tar:  # streamed: headers are read as the archive is
+            target = _target(into, member.name)
+            if member.isdir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            if member.issym() or member.islnk():
+                raise FetchError(f"archive member '{member.name}' is a link; models hold files")
+            if not member.isfile():
+                raise FetchError(
+                    f"archive member '{member.name}' is a device, FIFO or other special file"
+                )
+            budget.file(member.name)
+            source = tar.extractfile(member)
+            if source is None:
+                raise FetchError(f"archive member '{member.name}' cannot be read")
+            with source:
+                _copy(source, target, member.name, budget)
+
+
+def _extract_zip(archive: Path, into: Path, budget: _Budget) -> None:
+    with zipfile.ZipFile(archive) as bundle:
+        for info in bundle.infolist():
+            target = _target(into, info.filename)
+            mode = info.external_attr >> 16
+            if stat.S_ISLNK(mode):
+                raise FetchError(f"archive member '{info.filename}' is a link; models hold files")
+            if info.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            if mode and not stat.S_ISREG(mode):
+                raise FetchError(
+                    f"archive member '{info.filename}' is a device, FIFO or other special file"
+                )
+            budget.file(info.filename)
+            with bundle.open(info) as source:
+                _copy(source, target, info.filename, budget)
+
+
+def replace_directory(staged: Path, destination: Path) -> None:
+    """Move the complete ``staged`` directory to ``destination``, replacing what was there
+    (a reader sees the old tree or the new one, and at worst briefly none)."""
+    old = destination.with_name(f".{destination.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if destination.exists():
+        destination.rename(old)
+    staged.rename(destination)
+    shutil.rmtree(old, ignore_errors=True)
