@@ -7,6 +7,7 @@ its pod environment with :meth:`RuntimeSettings.to_env` of
 
 from __future__ import annotations
 
+import json
 from pathlib import Path, PurePosixPath
 from typing import Annotated
 from urllib.parse import urlsplit
@@ -39,6 +40,8 @@ class RuntimeSettings(BaseSettings):
     warmup_iterations: int = Field(
         default=facts.WARMUP_ITERATIONS, ge=0, le=facts.WARMUP_ITERATIONS_LIMIT
     )
+    # JSON: a list of {input name: shape} to warm up with (none: generated batch sizes).
+    warmup_shapes: Annotated[tuple[dict[str, tuple[int, ...]], ...], NoDecode] | None = None
     host: str = "127.0.0.1"
     port: int = Field(default=facts.HTTP_PORT, ge=1, le=65535)
     request_timeout_seconds: int = Field(
@@ -78,6 +81,13 @@ class RuntimeSettings(BaseSettings):
         derived = max(facts.MIN_QUEUED_REQUESTS, facts.QUEUE_BATCHES * self.max_batch_size)
         return self.max_queued_requests or derived
 
+    @field_validator("warmup_shapes", mode="before")
+    @classmethod
+    def _parse_shapes(cls, value: object) -> object:
+        if isinstance(value, str):
+            return json.loads(value)
+        return value
+
     @field_validator("execution_providers", mode="before")
     @classmethod
     def _split_providers(cls, value: object) -> object:
@@ -90,7 +100,9 @@ class RuntimeSettings(BaseSettings):
         the runtime's own)."""
         env: dict[str, str] = {}
         for name, value in self.model_dump(exclude_none=True, exclude_unset=True).items():
-            if isinstance(value, tuple):
+            if name == "warmup_shapes":
+                text = json.dumps(value, separators=(",", ":"))
+            elif isinstance(value, tuple):
                 text = ",".join(value)
             elif isinstance(value, bool):
                 text = "true" if value else "false"
@@ -129,6 +141,11 @@ def runtime_settings(md: ModelDeployment) -> RuntimeSettings:
         max_latency_ms=spec.runtime.batching.max_latency_ms,
         max_queued_requests=spec.runtime.batching.max_queued_requests,
         warmup_iterations=spec.runtime.warmup.iterations,
+        warmup_shapes=(
+            tuple({k: tuple(v) for k, v in item.items()} for item in spec.runtime.warmup.shapes)
+            if spec.runtime.warmup.shapes
+            else None
+        ),
         host="0.0.0.0",  # noqa: S104 - the pod's network namespace
         port=facts.HTTP_PORT,
         request_timeout_seconds=spec.runtime.request_timeout_seconds,

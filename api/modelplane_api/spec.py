@@ -363,6 +363,18 @@ class Batching(SpecModel):
     )
 
 
+WarmupShape = Annotated[
+    dict[
+        str,  # (no bounds on keys: a CRD schema has no propertyNames)
+        Annotated[
+            list[Annotated[int, Field(ge=1, le=facts.WARMUP_DIMENSION_LIMIT)]],
+            Field(max_length=16),
+        ],
+    ],
+    Field(min_length=1, max_length=64),
+]
+
+
 class Warmup(SpecModel):
     """Runs on generated inputs before the pod reports ready."""
 
@@ -371,6 +383,13 @@ class Warmup(SpecModel):
         ge=0,
         le=facts.WARMUP_ITERATIONS_LIMIT,
         description="Warm-up runs at batch sizes 1 and maxBatchSize.",
+    )
+    shapes: list[WarmupShape] | None = Field(
+        default=None,
+        max_length=facts.WARMUP_SHAPES_LIMIT,
+        description="Representative shapes for dynamic dimensions (sequence lengths, batch "
+        "sizes): each item maps input names to a full shape; every item runs `iterations` "
+        "times before the pod is ready. Inputs not named get batch 1, other dimensions 1.",
     )
 
 
@@ -403,6 +422,14 @@ class RuntimeSpec(SpecModel):
         default_factory=Batching, description="Adaptive batching of concurrent requests."
     )
     warmup: Warmup = Field(default_factory=Warmup, description="Warm-up before readiness.")
+    startup_timeout_seconds: int | None = Field(
+        default=None,
+        ge=facts.STARTUP_TIMEOUT_SECONDS_MIN,
+        le=facts.STARTUP_TIMEOUT_SECONDS_LIMIT,
+        description="How long loading and warming up the model may take before the kubelet "
+        "restarts the container (the startup probe); defaults to the operator's setting. The "
+        "fetch runs before it, in its own init container, unbounded by this.",
+    )
     request_timeout_seconds: int = Field(
         default=facts.REQUEST_TIMEOUT_SECONDS,
         ge=1,

@@ -85,7 +85,8 @@ def _runtime_container(md: ModelDeployment, config: OperatorConfig) -> Obj:
     mounts: list[Obj] = [{"name": vol, "mountPath": path} for vol, path in facts.SCRATCH_DIRS]
     if source != "image":
         mounts.insert(0, {"name": "model", "mountPath": MODEL_DIR, "readOnly": True})
-    startup_period = 5
+    startup_period = facts.STARTUP_PROBE_PERIOD_SECONDS
+    startup_budget = md.spec.runtime.startup_timeout_seconds or config.startup_timeout_seconds
     return {
         "name": names.RUNTIME_CONTAINER,
         "image": _image(md, config),
@@ -99,7 +100,7 @@ def _runtime_container(md: ModelDeployment, config: OperatorConfig) -> Obj:
         "startupProbe": _probe(
             LIVE_PATH,
             period=startup_period,
-            failures=max(1, config.startup_timeout_seconds // startup_period),
+            failures=max(1, -(-startup_budget // startup_period)),  # rounded up
         ),
         "livenessProbe": _probe(LIVE_PATH, period=10, failures=3),
         "readinessProbe": _probe(READY_PATH, period=5, failures=2),

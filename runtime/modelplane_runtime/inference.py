@@ -64,7 +64,11 @@ class InferenceEngine:
             return
         started = time.perf_counter()
         model = OnnxModel.load(self.settings)
-        model.warm_up(self.settings.warmup_iterations, self.settings.max_batch_size)
+        model.warm_up(
+            self.settings.warmup_iterations,
+            self.settings.max_batch_size,
+            self.settings.warmup_shapes,
+        )
         self.model = model
         self.metrics.loaded(model.provider)
         self.not_ready_reason = None

@@ -278,17 +278,49 @@ class OnnxModel:
                 arrays[spec.name] = np.zeros(shape, dtype=spec.dtype)
         return arrays
 
-    def warm_up(self, iterations: int, max_batch_size: int) -> None:
-        """Run generated inputs so that the first real request pays no allocation cost."""
+    def warm_up(
+        self,
+        iterations: int,
+        max_batch_size: int,
+        shapes: Sequence[Mapping[str, Sequence[int]]] | None = None,
+    ) -> None:
+        """Run generated inputs so that the first real request pays no allocation cost: at
+        batch 1 and ``max_batch_size``, or at each of ``shapes`` (input name -> shape)."""
         sizes = {1, max_batch_size} if self.batchable else {1}
+        runs = (
+            [(f"shape {dict(s)}", self.inputs_shaped(s)) for s in shapes]
+            if shapes
+            else [(f"batch {size}", self.sample_inputs(size)) for size in sorted(sizes)]
+        )
         for _ in range(iterations):
-            for size in sorted(sizes):
+            for what, arrays in runs:
                 try:
-                    self.run(self.sample_inputs(size))
+                    self.run(arrays)
                 except Exception as exc:  # noqa: BLE001
                     raise ModelLoadError(
-                        f"warm-up failed on generated inputs of batch {size}: {_first_line(exc)}"
+                        f"warm-up failed on generated inputs of {what}: {_first_line(exc)}"
                     ) from None
+
+    def inputs_shaped(self, shapes: Mapping[str, Sequence[int]]) -> dict[str, Any]:
+        """Generated inputs: ``shapes`` where named (checked against the signature)."""
+        arrays = self.sample_inputs(1)
+        for name, shape in shapes.items():
+            spec = self.inputs.get(name)
+            if spec is None:
+                raise ModelLoadError(
+                    f"warm-up shape names input '{name}'; the model's inputs are "
+                    + ", ".join(f"'{n}'" for n in self.inputs)
+                )
+            if not spec.fits(list(shape)):
+                raise ModelLoadError(
+                    f"warm-up shape {list(shape)} for input '{name}' does not fit the model's "
+                    f"{list(spec.shape)} (-1 is any size)"
+                )
+            if spec.dtype.kind == "O":
+                arrays[name] = np.full(shape, "", dtype=object)
+            else:
+                arrays[name] = np.zeros(shape, dtype=spec.dtype)
+        return arrays
 
     def metadata(self) -> dict[str, Any]:
         return {

@@ -249,3 +249,26 @@ def test_service_and_url() -> None:
     assert objects["Service"]["spec"]["ports"][0]["targetPort"] == "http"
     md = parse_model_deployment(minimal())
     assert service_url(md, CONFIG) == "http://demo.models.svc.cluster.local"
+
+
+@pytest.mark.parametrize(
+    ("declared", "failures"), [(None, None), (10, 2), (3601, 721), (86400, 17280)]
+)
+def test_the_startup_probe_budget_follows_the_model(
+    declared: int | None, failures: int | None
+) -> None:
+    runtime_spec = {"startupTimeoutSeconds": declared} if declared else {}
+    probe = _runtime(_render(runtime=runtime_spec))["startupProbe"]
+    assert probe["periodSeconds"] == 5
+    budget = declared or CONFIG.startup_timeout_seconds
+    assert probe["failureThreshold"] == (failures or -(-budget // 5))
+    assert probe["failureThreshold"] * probe["periodSeconds"] >= budget
+
+
+def test_warmup_shapes_reach_the_runtime_as_json() -> None:
+    shapes = [{"input_ids": [1, 128]}, {"input_ids": [8, 512], "mask": [8, 512]}]
+    env = _env(_render(runtime={"warmup": {"shapes": shapes}}))
+    assert json.loads(env["MODELPLANE_WARMUP_SHAPES"]) == shapes
+    with mock.patch.dict(os.environ, env, clear=True):
+        read = RuntimeSettings().warmup_shapes
+    assert read == ({"input_ids": (1, 128)}, {"input_ids": (8, 512), "mask": (8, 512)})
