@@ -44,6 +44,11 @@ SHA256_PATTERN = r"^[0-9a-f]{64}$"
 # A model directory's integrity: this file (sha256sum's format) lists every file with
 # its digest; the ModelDeployment's sha256 is the digest of this file.
 MANIFEST_FILE = "SHA256SUMS"
+# A model URI ending in "/" is a directory, one ending in these an archive: either is
+# fetched into FETCHED_MODEL_DIR, where the runtime loads its graph (model.graph, or
+# the only .onnx file) with the weights beside it.
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
+FETCHED_MODEL_DIR = "model"
 MAX_MODEL_BYTES = 1 << 40  # what an archive or directory may unpack to (1 TiB)
 MAX_MODEL_FILES = 10_000
 

@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from modelplane_api import facts
 from modelplane_api.facts import ExecutionProvider, GraphOptimizationLevel
-from modelplane_api.spec import ModelDeployment
+from modelplane_api.spec import ModelDeployment, is_model_tree
 
 ENV_PREFIX = "MODELPLANE_"
 
@@ -119,6 +119,8 @@ def model_location(md: ModelDeployment) -> tuple[str, str]:
         return "image", uri.path
     if uri.scheme == "pvc":
         return "pvc", str(PurePosixPath(facts.MODEL_DIR) / uri.path.lstrip("/"))
+    if is_model_tree(md.spec.model.uri):
+        return "fetch", f"{facts.MODEL_DIR}/{facts.FETCHED_MODEL_DIR}"
     return "fetch", f"{facts.MODEL_DIR}/{facts.FETCHED_MODEL_FILE}"
 
 
@@ -132,6 +134,7 @@ def runtime_settings(md: ModelDeployment) -> RuntimeSettings:
         model_path=Path(model_path),
         # A fetched model is verified by the init container; others by the runtime.
         model_sha256=spec.model.sha256 if source != "fetch" else None,
+        model_graph=spec.model.graph,
         execution_providers=spec.execution_providers(),
         allow_cpu_fallback=spec.runtime.allow_cpu_fallback,
         intra_op_threads=spec.runtime.threads.intra_op,

@@ -273,6 +273,11 @@ class Credentials(SpecModel):
     )
 
 
+def is_model_tree(uri: str) -> bool:
+    """A directory or archive of files (a graph and its weights), not one .onnx file."""
+    return uri.endswith("/") or uri.lower().endswith(facts.ARCHIVE_SUFFIXES)
+
+
 class ModelSource(SpecModel):
     """The ONNX model to serve and how to get it."""
 
@@ -284,8 +289,17 @@ class ModelSource(SpecModel):
     sha256: Sha256 | None = Field(
         default=None,
         max_length=64,
-        description="Expected sha256 of the model file; a mismatch fails the fetch and "
-        "nothing is served.",
+        description="Expected sha256 of the model file or archive, or of a directory's "
+        "SHA256SUMS manifest (which lists every file with its own digest); a mismatch "
+        "fails the fetch and nothing is served.",
+    )
+    graph: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        pattern=r"^[^/.](\.?[^.])*\.onnx$",  # relative, no "..": inside the model
+        description="For a directory (uri ending in /) or an archive (.tar, .tar.gz, .tgz, "
+        ".zip): the graph file inside it, when it is not the only .onnx file.",
     )
     credentials: Credentials | None = Field(
         default=None, description="How the fetch authenticates; omit for public models."
@@ -307,6 +321,14 @@ class ModelSource(SpecModel):
                 or re.match(r"^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/.+", m.uri) is not None
             ),
             field_path=".uri",
+        ),
+        CrossFieldRule(
+            cel="!has(self.graph) || self.uri.endsWith('/') || "
+            + " || ".join(f"self.uri.endsWith('{s}')" for s in facts.ARCHIVE_SUFFIXES),
+            message="graph names a file inside a directory (uri ending in /) or an archive "
+            "(" + ", ".join(facts.ARCHIVE_SUFFIXES) + "); a single-file uri is the graph",
+            check=lambda m: m.graph is None or is_model_tree(m.uri),
+            field_path=".graph",
         ),
         CrossFieldRule(
             cel="!self.uri.startsWith('file://') || self.uri.matches('^file:///.+')",

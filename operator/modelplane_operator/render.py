@@ -114,12 +114,8 @@ def _runtime_container(md: ModelDeployment, config: OperatorConfig) -> Obj:
 
 def _fetch_container(md: ModelDeployment, config: OperatorConfig) -> Obj:
     model = md.spec.model
-    command = [
-        *facts.RUNTIME_COMMAND,
-        "fetch",
-        model.uri,
-        f"{MODEL_DIR}/{facts.FETCHED_MODEL_FILE}",
-    ]
+    _, destination = model_location(md)  # a file, or a directory for a directory/archive
+    command = [*facts.RUNTIME_COMMAND, "fetch", model.uri, destination]
     if model.sha256:
         command += ["--sha256", model.sha256]
     container: Obj = {

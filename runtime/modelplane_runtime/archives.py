@@ -16,9 +16,9 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import IO
 
+from modelplane_api.facts import ARCHIVE_SUFFIXES
 from modelplane_runtime.errors import FetchError
 
-ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
 _COPY_CHUNK = 1 << 20
 
 

@@ -18,13 +18,14 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 from modelplane_api.facts import (
+    ARCHIVE_SUFFIXES,
     FETCH_SCHEMES,
     MANIFEST_FILE,
     MAX_MODEL_BYTES,
     MAX_MODEL_FILES,
     SHA256_PATTERN,
 )
-from modelplane_runtime.archives import ARCHIVE_SUFFIXES, extract, is_archive, replace_directory
+from modelplane_runtime.archives import extract, is_archive, replace_directory
 from modelplane_runtime.errors import FetchError
 
 log = logging.getLogger("modelplane.fetch")

@@ -97,11 +97,18 @@ def _from_manifest(
     if parts.scheme == "file":
         path = Path(parts.path)
     else:
-        from modelplane_runtime.fetch import fetch
+        from modelplane_api.spec import is_model_tree
+        from modelplane_runtime.fetch import fetch, fetch_tree
 
-        path = CACHE / hashlib.sha256(uri.encode()).hexdigest()[:16] / facts.FETCHED_MODEL_FILE
-        if not path.is_file():
-            fetch(uri, path, sha256=md.spec.model.sha256)
+        folder = CACHE / hashlib.sha256(uri.encode()).hexdigest()[:16]
+        if is_model_tree(uri):
+            path = folder / facts.FETCHED_MODEL_DIR
+            if not path.is_dir():
+                fetch_tree(uri, path, sha256=md.spec.model.sha256)
+        else:
+            path = folder / facts.FETCHED_MODEL_FILE
+            if not path.is_file():
+                fetch(uri, path, sha256=md.spec.model.sha256)
     pod_settings = runtime_settings(md)
     return pod_settings.model_copy(
         update={

@@ -113,6 +113,8 @@ def graph_file(directory: Path, name: str | None) -> Path:
     onnxruntime finds external data (weights) beside the graph by their relative paths."""
     if name is not None:
         graph = directory / name
+        if not graph.resolve().is_relative_to(directory.resolve()):
+            raise ModelLoadError(f"the graph file '{name}' would lie outside {directory}")
         if not graph.is_file():
             raise ModelLoadError(f"the model directory {directory} has no graph file '{name}'")
         return graph

@@ -272,3 +272,22 @@ def test_warmup_shapes_reach_the_runtime_as_json() -> None:
     with mock.patch.dict(os.environ, env, clear=True):
         read = RuntimeSettings().warmup_shapes
     assert read == ({"input_ids": (1, 128)}, {"input_ids": (8, 512), "mask": (8, 512)})
+
+
+@pytest.mark.parametrize(
+    ("uri", "destination"),
+    [
+        ("s3://models/bert/model.onnx", "/mnt/models/model.onnx"),
+        ("s3://models/bert/", "/mnt/models/model"),
+        ("https://example.com/bert.tar.gz", "/mnt/models/model"),
+        ("gs://models/bert.zip", "/mnt/models/model"),
+    ],
+)
+def test_a_directory_or_archive_is_fetched_into_a_directory(uri: str, destination: str) -> None:
+    graph = {"graph": "onnx/model.onnx"} if destination.endswith("/model") else {}
+    objects = _render(model={"uri": uri, **graph})
+    fetch = _pod(objects)["initContainers"][0]
+    assert fetch["command"][-2:] == [uri, destination]
+    env = _env(objects)
+    assert env["MODELPLANE_MODEL_PATH"] == destination
+    assert env.get("MODELPLANE_MODEL_GRAPH") == graph.get("graph")

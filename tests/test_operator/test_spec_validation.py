@@ -93,6 +93,12 @@ INVALID: list[tuple[str, Mutation, str]] = [
     ("unknown-spec-field", _set("spec.replica", 2), "replica"),
     ("unknown-nested-field", _set("spec.runtime", {"batching": {"maxBatch": 8}}), "maxBatch"),
     ("short-sha256", _set("spec.model.sha256", "abc123"), "sha256"),
+    ("graph-of-a-single-file", _set("spec.model.graph", "model.onnx"), "graph"),
+    (
+        "graph-outside-the-model",
+        _set("spec.model", {"uri": "s3://b/m.tar.gz", "graph": "../etc/model.onnx"}),
+        "graph",
+    ),
     ("uppercase-sha256", _set("spec.model.sha256", "A" * 64), "sha256"),
     ("zero-batch", _set("spec.runtime", {"batching": {"maxBatchSize": 0}}), "maxBatchSize"),
     (
