@@ -78,6 +78,16 @@ def _load_failure(pods: Sequence[Obj]) -> str | None:
     return None
 
 
+def _fetching_since(pods: Sequence[Obj]) -> str | None:
+    """When the model fetch of a pod still fetching began (its init container is running)."""
+    for pod in pods:
+        for status in pod.get("status", {}).get("initContainerStatuses", []):
+            running = (status.get("state") or {}).get("running")
+            if status.get("name") == names.FETCH_CONTAINER and running is not None:
+                return str(running.get("startedAt") or "an unknown time")
+    return None
+
+
 def _unschedulable(pods: Sequence[Obj]) -> str | None:
     for pod in pods:
         scheduled = _condition(pod.get("status", {}).get("conditions", []), "PodScheduled")
@@ -138,6 +148,10 @@ def judge_deployment(  # noqa: PLR0911 - one early answer per reason reads best
         return Verdict(False, facts.MODEL_LOAD_FAILED, failure)
     if (why := _unschedulable(pods)) is not None:
         return Verdict(False, "Unschedulable", why)
+    if (since := _fetching_since(pods)) is not None:
+        return Verdict(
+            False, "FetchingModel", f"fetching the model since {since} (see the fetch-model log)"
+        )
     if not seen:
         return Verdict(False, "Progressing", "the Deployment controller has not seen this change")
     if wanted == 0:

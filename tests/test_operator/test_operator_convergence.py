@@ -255,6 +255,30 @@ def test_status_follows_pods_and_the_deployment(cluster: Cluster) -> None:
     assert condition(md, "Reconciling")["status"] == "True"
     assert condition(md, "Stalled")["status"] == "False"
 
+    # Scheduled; the init container is fetching (a large model takes minutes).
+    cluster.patch(
+        "pods",
+        NS,
+        "demo-1",
+        {
+            "status": {
+                "conditions": [{"type": "PodScheduled", "status": "True"}],
+                "initContainerStatuses": [
+                    {
+                        "name": "fetch-model",
+                        "ready": False,
+                        "restartCount": 0,
+                        "state": {"running": {"startedAt": "2026-11-29T10:00:00Z"}},
+                    }
+                ],
+            }
+        },
+        sub="status",
+    )
+    ready = _wait_reason(cluster, "FetchingModel")
+    assert "since 2026-11-29T10:00:00Z" in ready["message"]
+    assert condition(cluster.get("modeldeployments", NS, "demo"), "Reconciling")["status"] == "True"
+
     cluster.patch(
         "pods",
         NS,
