@@ -84,7 +84,7 @@ class InferenceEngine:
                 self.access.watch(), name="access-file-watch"
             )
         limit = memory_limit(self.settings.memory_limit_bytes)
-        self.memory = MemoryBudget.for_limit(limit, self.metrics.memory_refused.inc, DECODER)
+        self.memory = MemoryBudget.for_limit(limit, self.metrics.memory_refused.inc)
         if self.memory.total is not None:
             self.metrics.memory_budget(self.memory.total)
         if self.model is not None:

@@ -9,21 +9,23 @@ less a margin; a body that does not fit beside those in flight is refused with
 Without a known limit (no cgroup limit, no MODELPLANE_MEMORY_LIMIT_BYTES) there
 is no budget, only ``maxRequestBytes``.
 
-After a large request glibc keeps the freed pages; they are handed back to the
-kernel (``malloc_trim``) once no large request is in flight, so RSS returns near
-its baseline.
+glibc raises its mmap threshold each time a large block is freed (up to 32 MiB),
+so after one large request later large blocks come from the heap and stay with
+the process when freed. :func:`use_mmap_for_large_blocks` fixes the threshold at
+1 MiB: bodies, tensors and answers are mapped and unmapped whole, RSS returns
+near its baseline at once, and nothing needs ``malloc_trim`` (which holds the
+allocator's lock for tens of milliseconds, stalling the event loop: measured
+as health probes over 100 ms).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import ctypes.util
 import logging
 import os
 from collections.abc import Callable
-from concurrent.futures import Executor
 from pathlib import Path
 
 from modelplane_runtime.errors import Overloaded, PayloadTooLarge
@@ -32,8 +34,8 @@ log = logging.getLogger("modelplane.runtime")
 
 COST_PER_BODY_BYTE = 3
 HEADROOM = 0.8  # of what the limit leaves after start-up: for allocator slack and the rest
-TRIM_AFTER_BYTES = 8 * 1024 * 1024  # bodies this large give memory back when they are done
-TRIM_DELAY_SECONDS = 0.2
+MMAP_THRESHOLD_BYTES = 1 << 20
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 _UNLIMITED = 1 << 60
 _CGROUP_LIMITS = (
     Path("/sys/fs/cgroup/memory.max"),  # cgroup v2
@@ -59,40 +61,25 @@ def resident_bytes() -> int:
 
 
 class MemoryBudget:
-    def __init__(
-        self,
-        total: int | None,
-        on_refusal: Callable[[], None],
-        executor: Executor | None = None,
-    ) -> None:
+    def __init__(self, total: int | None, on_refusal: Callable[[], None]) -> None:
         self.total = total
-        self._executor = executor
         self.in_use = 0
-        self._large_in_flight = 0
         self._on_refusal = on_refusal
 
     @classmethod
-    def for_limit(
-        cls, limit: int | None, on_refusal: Callable[[], None], executor: Executor
-    ) -> MemoryBudget:
+    def for_limit(cls, limit: int | None, on_refusal: Callable[[], None]) -> MemoryBudget:
         if limit is None:
-            return cls(None, on_refusal, executor)
+            return cls(None, on_refusal)
         total = max(0, int((limit - resident_bytes()) * HEADROOM))
         log.info(
             "request memory budget %d MiB (memory limit %d MiB, after start-up)",
             total >> 20,
             limit >> 20,
         )
-        return cls(total, on_refusal, executor)
+        return cls(total, on_refusal)
 
     def reservation(self) -> Reservation:
         return Reservation(self)
-
-    def trim_if_idle(self) -> None:
-        if self._large_in_flight == 0 and _malloc_trim is not None:
-            # Off the event loop: trimming a few hundred MB takes tens of milliseconds
-            # (ctypes lets go of the GIL meanwhile).
-            asyncio.get_running_loop().run_in_executor(self._executor, _malloc_trim, 0)
 
 
 class Reservation:
@@ -105,8 +92,6 @@ class Reservation:
 
     def grow_to(self, body_bytes: int) -> None:
         budget = self.budget
-        if body_bytes >= TRIM_AFTER_BYTES > self.body_bytes:
-            budget._large_in_flight += 1
         self.body_bytes = body_bytes
         if budget.total is None:
             return
@@ -136,19 +121,12 @@ class Reservation:
         budget = self.budget
         budget.in_use -= self.held
         self.held = 0
-        if self.body_bytes >= TRIM_AFTER_BYTES:
-            budget._large_in_flight -= 1
-            # Later, not now: the request's arrays are freed only once its handler returns.
-            asyncio.get_running_loop().call_later(TRIM_DELAY_SECONDS, budget.trim_if_idle)
         self.body_bytes = 0
 
 
-def _load_trim() -> Callable[[int], int] | None:
+def use_mmap_for_large_blocks() -> bool:
+    """Fix glibc's mmap threshold (see the module's doc); False where there is no glibc."""
     name = ctypes.util.find_library("c")
-    with contextlib.suppress(OSError, AttributeError):
-        trim: Callable[[int], int] = ctypes.CDLL(name).malloc_trim
-        return trim
-    return None
-
-
-_malloc_trim = _load_trim()
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        return bool(ctypes.CDLL(name).mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    return False

@@ -32,6 +32,7 @@ from modelplane_api.access import InvalidAccessTable
 from modelplane_runtime.access import AccessControl
 from modelplane_runtime.connections import ConnectionLimits, guarded_protocol
 from modelplane_runtime.errors import AccessFileError
+from modelplane_runtime.memory import use_mmap_for_large_blocks
 from modelplane_runtime.metrics import AccessMetrics
 from modelplane_runtime.middleware import lean
 from modelplane_runtime.model import ModelLoadError
@@ -78,6 +79,7 @@ def serve(settings: RuntimeSettings) -> None:
     # The event loop takes the GIL back from the decoder thread within 1 ms (not 5): health
     # probes and small requests stay fast while a large body is decoded.
     sys.setswitchinterval(0.001)
+    use_mmap_for_large_blocks()  # large requests' memory goes back to the kernel at once
     _use_single_process_metrics()
     from modelplane_runtime.inference import InferenceEngine
     from modelplane_runtime.service import (
