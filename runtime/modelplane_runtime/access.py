@@ -242,29 +242,24 @@ class AccessControl:
 def _share_limits(
     state: ConsumerState, limits: ConsumerLimits | None, replicas: int, now: float
 ) -> None:
-    if state.limits_key == (limits, replicas) and (state.requests or limits is None):
+    if state.limits_key == (limits, replicas):
         return
     state.limits_key = (limits, replicas)
     if limits is None:
         state.requests = state.rows = None
         return
     rate = limits.requests_per_second / replicas
-    capacity = max(1.0, limits.burst / replicas)
-    state.requests = (
-        state.requests.resized(rate, capacity, now)
-        if state.requests
-        else _Bucket.full(rate, capacity, now)
-    )
+    state.requests = _bucket(state.requests, rate, max(1.0, limits.burst / replicas), now)
     if limits.rows_per_second is None:
         state.rows = None
         return
     row_rate = limits.rows_per_second / replicas
-    row_capacity = max(1.0, row_rate)  # a second's worth
-    state.rows = (
-        state.rows.resized(row_rate, row_capacity, now)
-        if state.rows
-        else _Bucket.full(row_rate, row_capacity, now)
-    )
+    state.rows = _bucket(state.rows, row_rate, max(1.0, row_rate), now)  # a second's worth
+
+
+def _bucket(old: _Bucket | None, rate: float, capacity: float, now: float) -> _Bucket:
+    """A bucket at the new rate and capacity, keeping what ``old`` held."""
+    return old.resized(rate, capacity, now) if old else _Bucket.full(rate, capacity, now)
 
 
 def _rate(limits: ConsumerLimits | None) -> str:

@@ -52,6 +52,9 @@ def _fetch(args: argparse.Namespace) -> int:
 
     from modelplane_runtime.archives import is_archive
     from modelplane_runtime.fetch import fetch, fetch_tree
+    from modelplane_runtime.logs import configure_logging
+
+    configure_logging()  # the fetch's progress, in the init container's log
 
     if args.uri.endswith("/") or is_archive(urlsplit(args.uri).path):
         digest = fetch_tree(

@@ -56,15 +56,6 @@ class Forbidden(ServingError):
     status = 403
 
 
-class TooManyRequests(ServingError):
-    """Over a consumer's limit: come back after Retry-After seconds."""
-
-    status = 429
-
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message, {"Retry-After": str(retry_after)})
-
-
 class ModelNotFound(ServingError):
     status = 404
 
@@ -77,13 +68,23 @@ class NotReady(ServingError):
     status = 503
 
 
-class Overloaded(ServingError):
-    """The batcher's queue is full: come back after Retry-After seconds."""
-
-    status = 503
+class _ComeBackLater(ServingError):
+    """Refused for now: the client may retry after ``Retry-After`` seconds."""
 
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message, {"Retry-After": str(retry_after)})
+
+
+class Overloaded(_ComeBackLater):
+    """The batcher's queue or the memory budget is full."""
+
+    status = 503
+
+
+class TooManyRequests(_ComeBackLater):
+    """Over a consumer's limit."""
+
+    status = 429
 
 
 class RequestTimeout(ServingError):

@@ -7,6 +7,7 @@ The file appears at its destination only complete and verified.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -14,6 +15,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
@@ -37,35 +39,35 @@ _CHUNK = 1 << 20
 def fetch(uri: str, destination: Path, *, sha256: str | None = None) -> str:
     """Copy ``uri`` to ``destination``; return the sha256 of what was written."""
     _check_request(uri, sha256)
-    scheme = urlsplit(uri).scheme
-    import fsspec
-
     destination.parent.mkdir(parents=True, exist_ok=True)
     descriptor, partial = tempfile.mkstemp(
         dir=destination.parent, prefix=f".{destination.name}.", suffix=".part"
     )
-    digest = hashlib.sha256()
+    os.close(descriptor)
     try:
-        with os.fdopen(descriptor, "wb") as target, fsspec.open(uri, "rb") as source:
-            while chunk := source.read(_CHUNK):
-                digest.update(chunk)
-                target.write(chunk)
-            target.flush()
-            os.fsync(target.fileno())
-        actual = digest.hexdigest()
-        if sha256 is not None and actual != sha256:
-            raise FetchError(f"'{uri}' has sha256 {actual}, not the expected {sha256}")
-        os.replace(partial, destination)
+        with _errors_named(uri):
+            actual = _copy_file(uri, Path(partial))
+            if sha256 is not None and actual != sha256:
+                raise FetchError(f"'{uri}' has sha256 {actual}, not the expected {sha256}")
+            os.replace(partial, destination)
+    finally:
+        Path(partial).unlink(missing_ok=True)
+    return actual
+
+
+@contextlib.contextmanager
+def _errors_named(uri: str) -> Iterator[None]:
+    """Whatever fsspec and its backends raise, as one FetchError naming the URI."""
+    try:
+        yield
     except FetchError:
         raise
     except ImportError as exc:
+        scheme = urlsplit(uri).scheme
         package = _PROTOCOL_PACKAGES.get(scheme, str(exc))
         raise FetchError(f"fetching {scheme}:// needs the {package} package ({exc})") from None
     except Exception as exc:  # noqa: BLE001 - fsspec backends raise many kinds
         raise FetchError(f"cannot fetch '{uri}': {type(exc).__name__}: {exc}") from None
-    finally:
-        Path(partial).unlink(missing_ok=True)
-    return actual
 
 
 def _check_request(uri: str, sha256: str | None) -> None:
@@ -97,25 +99,17 @@ def fetch_tree(
     destination.parent.mkdir(parents=True, exist_ok=True)
     staged = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}."))
     try:
-        if is_archive(urlsplit(uri).path):
-            digest: str | None = _fetch_archive(uri, staged, sha256, max_bytes, max_files)
-        elif uri.endswith("/"):
-            digest = _fetch_directory(uri, staged, sha256, max_bytes, max_files)
-        else:
-            raise FetchError(
-                f"'{uri}' is neither a directory (ending in '/') nor an archive "
-                f"({', '.join(ARCHIVE_SUFFIXES)})"
-            )
-        replace_directory(staged, destination)
-    except FetchError:
-        raise
-    except ImportError as exc:
-        package = _PROTOCOL_PACKAGES.get(urlsplit(uri).scheme, str(exc))
-        raise FetchError(
-            f"fetching {urlsplit(uri).scheme}:// needs the {package} package ({exc})"
-        ) from None
-    except Exception as exc:  # noqa: BLE001 - fsspec backends raise many kinds
-        raise FetchError(f"cannot fetch '{uri}': {type(exc).__name__}: {exc}") from None
+        with _errors_named(uri):
+            if is_archive(urlsplit(uri).path):
+                digest: str | None = _fetch_archive(uri, staged, sha256, max_bytes, max_files)
+            elif uri.endswith("/"):
+                digest = _fetch_directory(uri, staged, sha256, max_bytes, max_files)
+            else:
+                raise FetchError(
+                    f"'{uri}' is neither a directory (ending in '/') nor an archive "
+                    f"({', '.join(ARCHIVE_SUFFIXES)})"
+                )
+            replace_directory(staged, destination)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
     return digest
@@ -194,8 +188,8 @@ def _inside(root: Path, name: str) -> Path:
     return target
 
 
-def _copy_file(uri: str, target: Path, max_bytes: int) -> str:
-    """Stream ``uri`` into ``target``, at most ``max_bytes``; return its sha256."""
+def _copy_file(uri: str, target: Path, max_bytes: int | None = None) -> str:
+    """Stream ``uri`` into ``target`` (at most ``max_bytes``), synced; return its sha256."""
     import fsspec
 
     digest = hashlib.sha256()
@@ -204,11 +198,12 @@ def _copy_file(uri: str, target: Path, max_bytes: int) -> str:
         progress.total = getattr(source, "size", None)
         while chunk := source.read(_CHUNK):
             progress.advance(len(chunk))
-            if progress.done > max_bytes:
+            if max_bytes is not None and progress.done > max_bytes:
                 raise FetchError(f"'{uri}' is larger than the cap of {max_bytes} bytes")
             digest.update(chunk)
             out.write(chunk)
-    progress.finish()
+        out.flush()
+        os.fsync(out.fileno())
     return digest.hexdigest()
 
 
@@ -228,17 +223,13 @@ class _Progress:
         now = time.monotonic()
         if now - self.logged >= self.EVERY_SECONDS:
             self.logged = now
-            self._log("fetching")
+            self._log()
 
-    def finish(self) -> None:
-        self._log("fetched")
-
-    def _log(self, verb: str) -> None:
+    def _log(self) -> None:
         elapsed = max(time.monotonic() - self.started, 1e-6)
         total = f" of {self.total / 2**20:.1f} MiB" if self.total else ""
         log.info(
-            "%s %s: %.1f MiB%s (%.1f MiB/s)",
-            verb,
+            "fetching %s: %.1f MiB%s (%.1f MiB/s)",
             self.uri,
             self.done / 2**20,
             total,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
@@ -32,6 +31,7 @@ from modelplane_api.access import InvalidAccessTable
 from modelplane_runtime.access import AccessControl
 from modelplane_runtime.connections import ConnectionLimits, guarded_protocol
 from modelplane_runtime.errors import AccessFileError
+from modelplane_runtime.logs import configure_logging
 from modelplane_runtime.memory import use_mmap_for_large_blocks
 from modelplane_runtime.metrics import AccessMetrics
 from modelplane_runtime.middleware import lean
@@ -60,17 +60,6 @@ def _use_single_process_metrics() -> None:
     from bentoml._internal.server.metrics.prometheus import PrometheusClient
 
     BentoMLContainer.metrics_client.set(PrometheusClient(multiproc=False))
-
-
-def configure_logging() -> None:
-    logging.basicConfig(
-        level=os.environ.get("MODELPLANE_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # uvicorn logs its start-up and shutdown steps as "uvicorn.error" at INFO, and every
-    # malformed request at WARNING (a hostile client could fill the log); only its errors
-    # are kept. The runtime says what it serves, and when it drains, itself.
-    logging.getLogger("uvicorn.error").setLevel(logging.ERROR)
 
 
 def serve(settings: RuntimeSettings) -> None:

@@ -383,14 +383,9 @@ class AccessGuard:
 def _refusal(access: AccessControl, model: str | None, scope: Scope) -> Response | None:
     """None when the request's key admits it (its consumer then in the scope), else the
     answer that refuses it."""
-    authorization = None
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            authorization = bytes(value).decode("latin-1")
-            break
     try:
         scope[CONSUMER] = access.admit(
-            authorization, model, inference=scope["path"].endswith("/infer")
+            _header(scope, b"authorization"), model, inference=scope["path"].endswith("/infer")
         )
     except ServingError as refused:
         headers = refused.headers

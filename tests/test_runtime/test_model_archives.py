@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
+import logging
 import shutil
 import stat
 import tarfile
@@ -21,6 +22,7 @@ import onnxruntime as ort
 import pytest
 
 from modelplane_api import facts
+from modelplane_runtime import fetch as fetch_module
 from modelplane_runtime.errors import FetchError
 from modelplane_runtime.fetch import fetch_tree
 from modelplane_testkit import onnx_models
@@ -265,3 +267,20 @@ def test_a_directory_with_several_graphs_needs_one_named(
     assert "several .onnx files (chain.onnx, other.onnx)" in refused.stderr
     with RuntimeServer(["--model", str(folder), "--graph", "other.onnx"], log_dir=logs) as server:
         assert server.get("/v2/models/two").json()["inputs"][0]["name"] == "x"
+
+
+def test_the_fetch_logs_its_progress(
+    served: tuple[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    base, root = served
+    monkeypatch.setattr(fetch_module._Progress, "EVERY_SECONDS", 0.0)  # every chunk, not every 5 s
+    with caplog.at_level(logging.INFO, logger="modelplane.fetch"):
+        fetch_tree(f"{base}/model.zip", tmp_path / "m", sha256=_sha256(root / "model.zip"))
+    size = (root / "model.zip").stat().st_size / 2**20
+    assert any(
+        f"fetching {base}/model.zip: {size:.1f} MiB of {size:.1f} MiB (" in r.message
+        for r in caplog.records
+    ), [r.message for r in caplog.records]
