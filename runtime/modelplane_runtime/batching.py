@@ -32,13 +32,6 @@ from modelplane_runtime.model import OnnxModel, rows
 
 # Runs typically shorter than this execute on the event loop itself (see _compute).
 INLINE_RUN_SECONDS = 0.0005
-# A run timed on the compute thread includes the hand-off and, under load, the wait for
-# the GIL: a fast model sent there once would look slow for good (measured: identical
-# servers settled 10% apart in throughput, depending on which lane each had fallen into).
-# So every RECHECK_EVERY-th run of a model whose runs there take under
-# RECHECK_BELOW_SECONDS runs on the loop again, timing the compute alone.
-RECHECK_EVERY = 64
-RECHECK_BELOW_SECONDS = 0.01  # a recheck stalls the loop at most this long, once per 64
 Arrays = dict[str, np.ndarray[Any, Any]]
 Outputs = list[np.ndarray[Any, Any]]
 
@@ -85,9 +78,7 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         # Until measured, assume runs are long: the first ones go to the compute thread.
-        self._typical_run_seconds = 1.0  # any run, as its caller waits for it
-        self._inline_run_seconds = 1.0  # runs on the loop: the compute alone
-        self._runs_since_inline = RECHECK_EVERY - 8  # the first recheck comes early
+        self._typical_run_seconds = 1.0
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._dispatch(), name="batcher")
@@ -225,22 +216,13 @@ class Batcher:
         batched meanwhile), so it goes to the thread, where onnxruntime drops the GIL;
         so does a run of more rows than a batch holds (one large request).
         """
-        self._runs_since_inline += 1
-        recheck = (
-            self._runs_since_inline >= RECHECK_EVERY
-            and self._typical_run_seconds < RECHECK_BELOW_SECONDS
-        )
-        short = self._inline_run_seconds < INLINE_RUN_SECONDS
-        if (short or recheck) and rows(arrays) <= self.max_batch_size:
-            self._runs_since_inline = 0
+        short = self._typical_run_seconds < INLINE_RUN_SECONDS
+        if short and rows(arrays) <= self.max_batch_size:
             started = time.perf_counter()
             outputs = function(arrays)
-            seconds = time.perf_counter() - started
-            # A recheck replaces the estimate: it is the one fresh measure of the compute.
-            self._inline_run_seconds = (
-                seconds if recheck else _eased(self._inline_run_seconds, seconds)
+            self._typical_run_seconds = _eased(
+                self._typical_run_seconds, time.perf_counter() - started
             )
-            self._typical_run_seconds = _eased(self._typical_run_seconds, seconds)
             return outputs
         loop = asyncio.get_running_loop()
         started = time.perf_counter()

@@ -4,15 +4,13 @@ and the bounded queue (503 with Retry-After, counted)."""
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 from typing import Any
 
 import numpy as np
 import pytest
 
 from modelplane_api.settings import RuntimeSettings
-from modelplane_runtime.batching import RECHECK_EVERY, Batcher
+from modelplane_runtime.batching import Batcher
 from modelplane_runtime.errors import Overloaded
 from modelplane_runtime.metrics import RuntimeMetrics
 from modelplane_runtime.model import OnnxModel
@@ -101,65 +99,3 @@ def test_the_queue_limit_defaults_to_a_few_batches() -> None:
     assert RuntimeSettings(max_batch_size=16).queue_limit == 8 * 16
     assert RuntimeSettings(max_batch_size=1).queue_limit == 64, "batching off: still a queue"
     assert RuntimeSettings(max_batch_size=16, max_queued_requests=5).queue_limit == 5
-
-
-class _TimedLanes:
-    """The model, recording which thread runs it; a run off the event loop's thread takes
-    ``thread_seconds`` longer (the hand-off and the wait for the GIL under load)."""
-
-    def __init__(self, model: OnnxModel, *, thread_seconds: float, loop_seconds: float) -> None:
-        self.model = model
-        self.batchable = model.batchable
-        self.thread_seconds = thread_seconds
-        self.loop_seconds = loop_seconds
-        self.loop_thread = threading.get_ident()
-        self.on_loop: list[bool] = []
-
-    def run(self, arrays: dict[str, np.ndarray[Any, Any]]) -> list[np.ndarray[Any, Any]]:
-        on_loop = threading.get_ident() == self.loop_thread
-        self.on_loop.append(on_loop)
-        time.sleep(self.loop_seconds if on_loop else self.thread_seconds)
-        return self.model.run(arrays)
-
-
-def _one_at_a_time(lanes: _TimedLanes, count: int) -> None:
-    batcher = Batcher(
-        lanes,  # type: ignore[arg-type]
-        max_batch_size=8,
-        max_latency_ms=0,
-        metrics=RuntimeMetrics("lanes"),
-        max_queued=64,
-    )
-
-    async def scenario() -> None:
-        batcher.start()
-        for i in range(count):
-            await batcher.infer(_rows(i % 4))
-        await batcher.stop()
-
-    asyncio.run(scenario())
-
-
-def test_a_fast_model_returns_to_the_loop_even_when_its_threaded_runs_look_slow(
-    model: OnnxModel,
-) -> None:
-    # Timed on the thread, every run looks like 3 ms; on the loop, the compute is ~0.
-    lanes = _TimedLanes(model, thread_seconds=0.003, loop_seconds=0.0)
-    _one_at_a_time(lanes, 100)
-    assert all(lanes.on_loop[-50:]), lanes.on_loop
-
-
-def test_a_slow_model_comes_back_to_the_loop_only_to_be_timed(model: OnnxModel) -> None:
-    lanes = _TimedLanes(model, thread_seconds=0.003, loop_seconds=0.003)
-    _one_at_a_time(lanes, 100)
-    # A recheck once the first runs show it is not slower than a recheck may be, then one
-    # per RECHECK_EVERY runs; each finds 3 ms and sends the runs back to the thread.
-    rechecks = [i for i, on_loop in enumerate(lanes.on_loop) if on_loop]
-    assert len(rechecks) == 2
-    assert rechecks[1] - rechecks[0] == RECHECK_EVERY
-
-
-def test_a_model_slower_than_a_recheck_stays_off_the_loop(model: OnnxModel) -> None:
-    lanes = _TimedLanes(model, thread_seconds=0.012, loop_seconds=0.012)
-    _one_at_a_time(lanes, 30)
-    assert not any(lanes.on_loop), "a 12 ms run must never stall the event loop"
