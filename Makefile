@@ -37,9 +37,9 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest
 
-# Regenerate the CRD from the pydantic spec, then the golden files.
+# Regenerate the CRDs from the pydantic spec models, then the chart's copy and install.yaml.
 crd: $(STAMP)
-	$(BIN)/python -m modelplane_operator.crd > manifests/crds/modelplane.io_modeldeployments.yaml
+	$(BIN)/python -m modelplane_operator.crd manifests/crds
 	$(MAKE) manifests
 
 # Copy the CRD into the chart and regenerate manifests/install/install.yaml from the chart.

@@ -11,6 +11,11 @@ SINGULAR = "modeldeployment"
 SHORT_NAMES = ("md", "mdep")
 CATEGORIES = ("modelplane",)
 CRD_NAME = f"{PLURAL}.{GROUP}"
+CONSUMER_KIND = "ModelConsumer"
+CONSUMER_PLURAL = "modelconsumers"
+CONSUMER_SINGULAR = "modelconsumer"
+CONSUMER_SHORT_NAMES = ("mcon",)
+CONSUMER_CRD_NAME = f"{CONSUMER_PLURAL}.{GROUP}"
 
 FIELD_MANAGER = "modelplane-operator"
 # Holds a field the operator stops applying until a controller takes it (HPA: replicas).

@@ -153,4 +153,6 @@ def runtime_settings(md: ModelDeployment) -> RuntimeSettings:
         port=facts.HTTP_PORT,
         request_timeout_seconds=spec.runtime.request_timeout_seconds,
         max_request_bytes=spec.runtime.max_request_bytes,
+        # The operator mounts the access description there (see render.py).
+        access_file=Path(facts.ACCESS_DIR) / facts.ACCESS_FILE if spec.restricted else None,
     )

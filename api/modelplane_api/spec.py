@@ -643,6 +643,22 @@ class Rollout(SpecModel):
     )
 
 
+# --- spec.access ------------------------------------------------------------
+
+AccessMode = Literal["Restricted", "Open"]
+
+
+class Access(SpecModel):
+    """Who may call the model."""
+
+    mode: AccessMode = Field(
+        default="Restricted",
+        description="Restricted: only the ModelConsumers of this namespace granted this model, "
+        "each with its key (Authorization: Bearer) and limits; with none, every call is "
+        "refused 401. Open: anyone who reaches the Service.",
+    )
+
+
 # --- the whole spec ---------------------------------------------------------
 
 
@@ -691,6 +707,11 @@ class ModelDeploymentSpec(SpecModel):
         default_factory=Scheduling, description="Where the pods may run."
     )
     rollout: Rollout = Field(default_factory=Rollout, description="How changes roll out.")
+    access: Access = Field(
+        # A default the API server writes in, so `kubectl get -o yaml` shows the mode.
+        default=Access(),
+        description="Who may call it: its consumers, or anyone.",
+    )
 
     rules = (
         CrossFieldRule(
@@ -713,6 +734,10 @@ class ModelDeploymentSpec(SpecModel):
         target = handler.resolve_ref_schema(schema)
         target["x-kubernetes-validations"].append(REPLICAS_WHILE_AUTOSCALING_RULE)
         return schema
+
+    @property
+    def restricted(self) -> bool:
+        return self.access.mode == "Restricted"
 
     def execution_providers(self) -> tuple[str, ...]:
         """Explicit providers, else CUDA then CPU with a GPU, else CPU."""
@@ -828,7 +853,7 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return path or "(root)"
 
 
-def _problem(error: Any) -> str:
+def _problem(error: Any, kind_name: str) -> str:
     path = _field_path(tuple(error["loc"]))
     kind = error["type"]
     if kind == "cross_field":
@@ -836,10 +861,15 @@ def _problem(error: Any) -> str:
     if kind == "missing":
         return f"{path}: required field is missing"
     if kind == "extra_forbidden":
-        return f"{path}: unknown field; remove it (see `kubectl explain modeldeployment.spec`)"
+        return f"{path}: unknown field; remove it (see `kubectl explain {kind_name.lower()}.spec`)"
     if kind == "literal_error" and path in {"apiVersion", "kind"}:
-        return f"{path}: must be {API_VERSION if path == 'apiVersion' else KIND}"
+        return f"{path}: must be {API_VERSION if path == 'apiVersion' else kind_name}"
     return f"{path}: {error['msg']}"
+
+
+def problem_lines(exc: ValidationError, kind_name: str = KIND) -> list[str]:
+    """One line per problem, each naming its field."""
+    return [_problem(e, kind_name) for e in exc.errors(include_url=False)]
 
 
 def parse_model_deployment(obj: dict[str, Any]) -> ModelDeployment:
@@ -849,5 +879,4 @@ def parse_model_deployment(obj: dict[str, Any]) -> ModelDeployment:
     try:
         return ModelDeployment.model_validate(obj)
     except ValidationError as exc:
-        problems = [_problem(e) for e in exc.errors(include_url=False)]
-        raise InvalidSpecError(problems) from None
+        raise InvalidSpecError(problem_lines(exc)) from None

@@ -1,4 +1,4 @@
-"""Build the ModelDeployment CRD from the pydantic spec.
+"""Build the CRDs (ModelDeployment, ModelConsumer) from the pydantic spec models.
 
 The generated file under manifests/crds is checked in and is the one source of
 truth for the chart and install.yaml; `make crd` regenerates it and a test
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from modelplane_api import names
+from modelplane_api.consumer import ModelConsumerSpec, ModelConsumerStatus
 from modelplane_api.spec import (
     NAME_PATTERN,
     ModelDeploymentSpec,
@@ -19,7 +20,8 @@ from modelplane_api.spec import (
 )
 from modelplane_operator.yaml_text import dump
 
-CRD_PATH = Path("manifests/crds") / f"{names.GROUP}_{names.PLURAL}.yaml"
+CRD_DIR = Path("manifests/crds")
+CRD_PATH = CRD_DIR / f"{names.GROUP}_{names.PLURAL}.yaml"
 
 NAME_RULE = {
     "rule": f"size(self.metadata.name) <= {names.MAX_NAME_LENGTH} && "
@@ -80,23 +82,34 @@ def _schema_of(model: type[Any]) -> dict[str, Any]:
     return structural
 
 
-def build_crd() -> dict[str, Any]:
-    ready = '.status.conditions[?(@.type=="Ready")]'
+def _crd(
+    *,
+    kind: str,
+    plural: str,
+    singular: str,
+    short_names: tuple[str, ...],
+    description: str,
+    spec: type[Any],
+    status: type[Any],
+    columns: list[dict[str, str]],
+    subresources: dict[str, Any],
+    name_rule: dict[str, str],
+) -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": names.CRD_NAME,
+            "name": f"{plural}.{names.GROUP}",
             "labels": {names.LABEL_PART_OF: names.PART_OF},
         },
         "spec": {
             "group": names.GROUP,
             "names": {
-                "kind": names.KIND,
-                "listKind": names.KIND + "List",
-                "plural": names.PLURAL,
-                "singular": names.SINGULAR,
-                "shortNames": list(names.SHORT_NAMES),
+                "kind": kind,
+                "listKind": kind + "List",
+                "plural": plural,
+                "singular": singular,
+                "shortNames": list(short_names),
                 "categories": list(names.CATEGORIES),
             },
             "scope": "Namespaced",
@@ -105,25 +118,14 @@ def build_crd() -> dict[str, Any]:
                     "name": names.VERSION,
                     "served": True,
                     "storage": True,
-                    "subresources": {
-                        "status": {},
-                        "scale": {
-                            "specReplicasPath": ".spec.replicas",
-                            "statusReplicasPath": ".status.replicas",
-                            "labelSelectorPath": ".status.selector",
-                        },
-                    },
+                    "subresources": subresources,
                     "additionalPrinterColumns": [
-                        {"name": "Ready", "type": "string", "jsonPath": ready + ".status"},
-                        {"name": "Reason", "type": "string", "jsonPath": ready + ".reason"},
-                        {"name": "URL", "type": "string", "jsonPath": ".status.url"},
-                        {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
-                        {"name": "GPU", "type": "integer", "jsonPath": ".spec.resources.gpu.count"},
+                        *columns,
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],
                     "schema": {
                         "openAPIV3Schema": {
-                            "description": "A model served over the Open Inference Protocol.",
+                            "description": description,
                             "type": "object",
                             "required": ["spec"],
                             "properties": {
@@ -131,7 +133,7 @@ def build_crd() -> dict[str, Any]:
                                     "type": "string",
                                     "description": f"{names.API_VERSION}",
                                 },
-                                "kind": {"type": "string", "description": names.KIND},
+                                "kind": {"type": "string", "description": kind},
                                 # Nothing but the type and name (the target of the
                                 # name rule's fieldPath): the API server refuses any
                                 # other schema for metadata, even a description.
@@ -139,10 +141,10 @@ def build_crd() -> dict[str, Any]:
                                     "type": "object",
                                     "properties": {"name": {"type": "string"}},
                                 },
-                                "spec": _schema_of(ModelDeploymentSpec),
-                                "status": _schema_of(ModelDeploymentStatus),
+                                "spec": _schema_of(spec),
+                                "status": _schema_of(status),
                             },
-                            "x-kubernetes-validations": [NAME_RULE],
+                            "x-kubernetes-validations": [name_rule],
                         }
                     },
                 }
@@ -151,9 +153,76 @@ def build_crd() -> dict[str, Any]:
     }
 
 
+READY = '.status.conditions[?(@.type=="Ready")]'
+
+
+def build_crd() -> dict[str, Any]:
+    return _crd(
+        kind=names.KIND,
+        plural=names.PLURAL,
+        singular=names.SINGULAR,
+        short_names=names.SHORT_NAMES,
+        description="A model served over the Open Inference Protocol.",
+        spec=ModelDeploymentSpec,
+        status=ModelDeploymentStatus,
+        columns=[
+            {"name": "Ready", "type": "string", "jsonPath": READY + ".status"},
+            {"name": "Reason", "type": "string", "jsonPath": READY + ".reason"},
+            {"name": "URL", "type": "string", "jsonPath": ".status.url"},
+            {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
+            {"name": "GPU", "type": "integer", "jsonPath": ".spec.resources.gpu.count"},
+            {"name": "Access", "type": "string", "jsonPath": ".spec.access.mode"},
+        ],
+        subresources={
+            "status": {},
+            "scale": {
+                "specReplicasPath": ".spec.replicas",
+                "statusReplicasPath": ".status.replicas",
+                "labelSelectorPath": ".status.selector",
+            },
+        },
+        name_rule=NAME_RULE,
+    )
+
+
+def build_consumer_crd() -> dict[str, Any]:
+    return _crd(
+        kind=names.CONSUMER_KIND,
+        plural=names.CONSUMER_PLURAL,
+        singular=names.CONSUMER_SINGULAR,
+        short_names=names.CONSUMER_SHORT_NAMES,
+        description="A consumer of the models in its namespace: its key, grants and limits.",
+        spec=ModelConsumerSpec,
+        status=ModelConsumerStatus,
+        columns=[
+            {"name": "Ready", "type": "string", "jsonPath": READY + ".status"},
+            {"name": "Reason", "type": "string", "jsonPath": READY + ".reason"},
+            {"name": "Key", "type": "string", "jsonPath": ".status.keys[0].fingerprint"},
+            {"name": "Secret", "type": "string", "jsonPath": ".status.keySecretName"},
+        ],
+        subresources={"status": {}},
+        name_rule={
+            **NAME_RULE,
+            "message": f"must be a DNS-1035 label of at most {names.MAX_NAME_LENGTH} "
+            "characters (lowercase letters, digits and '-', starting with a letter): it is a "
+            "metrics label value and names the key Secret",
+        },
+    )
+
+
+CRDS = {
+    CRD_DIR / f"{names.GROUP}_{names.PLURAL}.yaml": build_crd,
+    CRD_DIR / f"{names.GROUP}_{names.CONSUMER_PLURAL}.yaml": build_consumer_crd,
+}
+
+
 def main() -> None:
-    sys.stdout.write("# Generated from api/modelplane_api/spec.py by `make crd`. Do not edit.\n")
-    sys.stdout.write(dump(build_crd()))
+    """Write every CRD under the directory given (the repository's manifests/crds)."""
+    target = Path(sys.argv[1]) if len(sys.argv) > 1 else CRD_DIR
+    for path, build in CRDS.items():
+        (target / path.name).write_text(
+            "# Generated from api/modelplane_api by `make crd`. Do not edit.\n" + dump(build())
+        )
 
 
 if __name__ == "__main__":

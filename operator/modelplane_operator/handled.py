@@ -27,6 +27,8 @@ from collections.abc import Iterable
 
 import kopf
 
+from modelplane_api import names
+
 Key = tuple[str, str]
 
 
@@ -92,4 +94,8 @@ class RetryAnnotations(kopf.AnnotationsProgressStorage):
 
 
 def _key(body: kopf.Body) -> Key:
-    return (body.metadata.namespace or "", body.metadata.name or "")
+    """As triggers.py keys it: a ModelDeployment by name, another kind by kind/name."""
+    name = body.metadata.name or ""
+    if body.get("kind", names.KIND) != names.KIND:
+        name = f"{body['kind']}/{name}"
+    return (body.metadata.namespace or "", name)

@@ -17,7 +17,7 @@ import kopf
 
 from modelplane_api import names
 from modelplane_operator import kopf_setup, triggers
-from modelplane_operator.kinds import CHILDREN, MODEL_DEPLOYMENT, PODS, Kind
+from modelplane_operator.kinds import CHILDREN, MODEL_CONSUMER, MODEL_DEPLOYMENT, PODS, Kind
 from modelplane_operator.reconcile import SpecRejected
 from modelplane_operator.watch_cache import snapshot
 
@@ -62,6 +62,13 @@ for _child in CHILDREN:
 kopf.index(*_resource(PODS), id=PODS.index, labels=RUNTIME_PODS)(by_owner)
 
 
+def by_namespace(namespace: str | None, body: kopf.Body, **_: Any) -> Any:
+    return {namespace: snapshot(body)}
+
+
+kopf.index(*_resource(MODEL_CONSUMER), id=MODEL_CONSUMER.index)(by_namespace)
+
+
 # --- the ModelDeployment itself -------------------------------------------------------------
 
 
@@ -75,6 +82,29 @@ def reconcile_model_deployment(body: kopf.Body, memo: kopf.Memo, **indexes: Any)
         if rejected.newly:
             kopf.warn(body, reason=rejected.reason, message=str(rejected))
         raise kopf.PermanentError(str(rejected)) from None
+
+
+@kopf.on.event(*_resource(MODEL_DEPLOYMENT), id="model-deployments-changed")
+def model_deployment_changed(event: kopf.RawEvent, memo: kopf.Memo, **indexes: Any) -> None:
+    triggers.on_model_deployment_event(event, memo, indexes)
+
+
+# --- ModelConsumers: their keys, and the access descriptions of the models they call ---------
+
+
+@kopf.on.create(*_resource(MODEL_CONSUMER), id=RECONCILE)
+@kopf.on.update(*_resource(MODEL_CONSUMER), id=RECONCILE, field="spec")
+@kopf.on.resume(*_resource(MODEL_CONSUMER), id=RECONCILE)
+def reconcile_model_consumer(body: kopf.Body, memo: kopf.Memo, **indexes: Any) -> None:
+    try:
+        triggers.on_model_consumer(body, memo, indexes)
+    except SpecRejected as rejected:  # its Warning event is already posted
+        raise kopf.PermanentError(str(rejected)) from None
+
+
+@kopf.on.event(*_resource(MODEL_CONSUMER), id="model-consumers-changed")
+def model_consumer_changed(event: kopf.RawEvent, memo: kopf.Memo, **indexes: Any) -> None:
+    triggers.on_consumer_event(event, memo, indexes)
 
 
 # --- children and pods: status follows them, and drift is repaired ---------------------------

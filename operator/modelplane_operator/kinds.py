@@ -30,13 +30,18 @@ class Kind:
     # while the count is within its bounds, so it may never take the field by itself.
     handed_over: tuple[FieldPath, ...] = ()
     read_only: bool = False  # watched for status, never written
+    # Never listed or watched: the operator reads only the objects it names (Secrets).
+    unwatched: bool = False
 
     @property
     def verbs(self) -> tuple[str, ...]:
         """The RBAC verbs the operator needs: a watch cache, and for a child, server-side
-        apply (get for a child not in the cache, create and patch), delete when optional."""
+        apply (get for a child not in the cache, create and patch), delete when optional.
+        An unwatched kind is read by name, created and patched, nothing more."""
         if self.read_only:
             return ("list", "watch")
+        if self.unwatched:
+            return ("get", "create", "patch")
         return ("get", "list", "watch", "create", "patch", *(("delete",) if self.optional else ()))
 
     @property
@@ -72,8 +77,11 @@ PDB = Kind(
     "pdbs",
     optional=True,
 )
+# A restricted model's access description (key digests, grants, limits), which its pods
+# mount: no key is in it, so it is a ConfigMap the operator may watch.
+ACCESS_CONFIG_MAP = Kind("", "v1", "ConfigMap", "configmaps", "configmaps", optional=True)
 # In apply order: the Deployment first, so a refused pod template creates nothing else.
-CHILDREN: tuple[Kind, ...] = (DEPLOYMENT, SERVICE, HPA, PDB)
+CHILDREN: tuple[Kind, ...] = (DEPLOYMENT, SERVICE, HPA, PDB, ACCESS_CONFIG_MAP)
 
 MODEL_DEPLOYMENT = Kind(
     names.GROUP,
@@ -83,7 +91,20 @@ MODEL_DEPLOYMENT = Kind(
     "model_deployments",
     read_only=True,  # its status subresource is written, through its own RBAC rule
 )
+MODEL_CONSUMER = Kind(
+    names.GROUP,
+    names.VERSION,
+    names.CONSUMER_KIND,
+    names.CONSUMER_PLURAL,
+    "model_consumers",
+    read_only=True,  # its status subresource is written, through its own RBAC rule
+)
+# A consumer's key: created and rotated by the operator, read back by name only. Never
+# listed or watched, so the operator cannot read Secrets it was not told the name of.
+KEY_SECRET = Kind("", "v1", "Secret", "secrets", "secrets", unwatched=True)
 # Read only, for status (unschedulable, failing fetch); indexed by owner name, not object name.
 PODS = Kind("", "v1", "Pod", "pods", "pods", read_only=True)
 
-BY_KIND: dict[str, Kind] = {k.kind: k for k in (*CHILDREN, MODEL_DEPLOYMENT, PODS)}
+BY_KIND: dict[str, Kind] = {
+    k.kind: k for k in (*CHILDREN, MODEL_DEPLOYMENT, MODEL_CONSUMER, KEY_SECRET, PODS)
+}

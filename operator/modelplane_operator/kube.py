@@ -7,8 +7,10 @@ never touches generated models.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from kubernetes import client, config
@@ -117,6 +119,53 @@ class KubeApi:
         )
         return result or {}
 
+    def create(self, obj: Obj) -> Obj:
+        """Create, never overwrite: a 409 when the name is taken."""
+        result = self._call(
+            "POST",
+            BY_KIND[obj["kind"]].path(obj["metadata"]["namespace"]),
+            body=obj,
+            query=[("fieldManager", self.field_manager)],
+        )
+        return result or {}
+
+    def merge_patch(self, kind: str, namespace: str, name: str, patch: Obj) -> Obj:
+        """A JSON merge patch; one carrying metadata.resourceVersion fails with 409 when the
+        object changed since it was read."""
+        result = self._call(
+            "PATCH",
+            BY_KIND[kind].path(namespace, name),
+            body=patch,
+            content_type="application/merge-patch+json",
+            query=[("fieldManager", self.field_manager)],
+        )
+        return result or {}
+
+    def warn(self, involved: Mapping[str, Any], reason: str, message: str) -> None:
+        """A Warning event on ``involved``, as `kubectl describe` shows it."""
+        meta = involved["metadata"]
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": involved["apiVersion"],
+                "kind": involved["kind"],
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid", ""),
+            },
+            "type": "Warning",
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": names.FIELD_MANAGER},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        self._call("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body=event)
+
     def delete(self, kind: str, namespace: str, name: str) -> bool:
         """Delete in the background (owned objects follow); False when already gone."""
         try:
@@ -131,8 +180,10 @@ class KubeApi:
             raise
         return True
 
-    def patch_status(self, namespace: str, name: str, status: Obj) -> None:
-        path = MODEL_DEPLOYMENT.path(namespace, name) + "/status"
+    def patch_status(
+        self, namespace: str, name: str, status: Obj, kind: str = MODEL_DEPLOYMENT.kind
+    ) -> None:
+        path = BY_KIND[kind].path(namespace, name) + "/status"
         self._call(
             "PATCH", path, body={"status": status}, content_type="application/merge-patch+json"
         )

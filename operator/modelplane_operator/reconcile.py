@@ -19,13 +19,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelplane_api import names
-from modelplane_api.spec import InvalidSpecError, ModelStatus, parse_model_deployment
+from modelplane_api.access import AccessTable
+from modelplane_api.consumer import ModelConsumer, access_table, parse_model_consumer
+from modelplane_api.spec import (
+    InvalidSpecError,
+    ModelDeployment,
+    ModelStatus,
+    parse_model_deployment,
+)
 from modelplane_operator import kinds
 from modelplane_operator.applier import ChildResult, LiveLookup, Outcome, apply_children
 from modelplane_operator.config import OperatorConfig
 from modelplane_operator.kube import ApiError, KubeApi
 from modelplane_operator.metrics import RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES
-from modelplane_operator.render import render_children, service_url
+from modelplane_operator.render import guaranteed_replicas, render_children, service_url
 from modelplane_operator.status import Problem, compute_status
 
 Obj = dict[str, Any]
@@ -53,7 +60,8 @@ class RetryLater(Exception):
 
 @dataclass(frozen=True)
 class ClusterView:
-    """What reconcile reads: children by (kind, namespace, name), pods by owner name.
+    """What reconcile reads: children by (kind, namespace, name), pods by owner name, the
+    ModelConsumers of a namespace.
 
     ``child`` may ask the API when the watch cache has nothing; ``cached`` never does.
     """
@@ -61,6 +69,7 @@ class ClusterView:
     child: LiveLookup
     cached: LiveLookup
     pods: Callable[[str, str], Sequence[Obj]]
+    consumers: Callable[[str], Sequence[Obj]] = lambda namespace: ()
 
 
 @dataclass(frozen=True)
@@ -158,15 +167,14 @@ def _reconcile(
         return True
 
     try:
-        md = parse_model_deployment(
-            {k: v for k, v in body.items() if k in {"apiVersion", "kind", "metadata", "spec"}}
-        )
+        md = parse_model_deployment(_resource_fields(body))
     except InvalidSpecError as exc:
         message = "; ".join(exc.problems)
         newly = write_status(Problem("InvalidSpec", message))
         raise SpecRejected("InvalidSpec", message, newly=newly) from None
 
-    desired = [copy.deepcopy(child) for child in render_children(md, config)]
+    table = _access(md, cluster, now()) if md.spec.restricted else None
+    desired = [copy.deepcopy(child) for child in render_children(md, config, table)]
     for child in desired:
         child["metadata"]["ownerReferences"] = [owner_reference(body)]
     present = {obj["kind"] for obj in desired}
@@ -212,6 +220,28 @@ def _reconcile(
     applied = next((r.live for r in children if r.kind == "Deployment" and r.live), None)
     written = write_status(None, url, model, applied)
     return ReconcileResult(children, written)
+
+
+def _access(md: ModelDeployment, cluster: ClusterView, now: str) -> AccessTable:
+    """The consumers granted this model, and how many ready replicas share their limits."""
+    consumers: list[ModelConsumer] = []
+    for body in cluster.consumers(md.namespace):
+        try:
+            # Its status says which keys work (digests only).
+            consumers.append(
+                parse_model_consumer({**_resource_fields(body), "status": body.get("status")})
+            )
+        except InvalidSpecError:
+            continue  # its own status says why; it grants nothing meanwhile
+    deployment = cluster.cached("Deployment", md.namespace, md.name) or {}
+    ready = int((deployment.get("status") or {}).get("readyReplicas") or 0)
+    replicas = ready if ready > 0 else guaranteed_replicas(md)
+    moment = datetime.datetime.fromisoformat(now)
+    return access_table(consumers, replicas, moment)
+
+
+def _resource_fields(body: Mapping[str, Any]) -> Obj:
+    return {k: v for k, v in body.items() if k in {"apiVersion", "kind", "metadata", "spec"}}
 
 
 def _delay(exc: ApiError) -> float:

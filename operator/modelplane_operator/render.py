@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from modelplane_api import facts, names
+from modelplane_api.access import AccessTable, render_access_table
 from modelplane_api.facts import LIVE_PATH, MODEL_DIR, READY_PATH, RUNTIME_UID
 from modelplane_api.settings import model_location, runtime_settings
 from modelplane_api.spec import ModelDeployment
@@ -85,6 +86,8 @@ def _runtime_container(md: ModelDeployment, config: OperatorConfig) -> Obj:
     mounts: list[Obj] = [{"name": vol, "mountPath": path} for vol, path in facts.SCRATCH_DIRS]
     if source != "image":
         mounts.insert(0, {"name": "model", "mountPath": MODEL_DIR, "readOnly": True})
+    if md.spec.restricted:
+        mounts.append({"name": "access", "mountPath": facts.ACCESS_DIR, "readOnly": True})
     startup_period = facts.STARTUP_PROBE_PERIOD_SECONDS
     startup_budget = md.spec.runtime.startup_timeout_seconds or config.startup_timeout_seconds
     return {
@@ -153,6 +156,9 @@ def _volumes(md: ModelDeployment, config: OperatorConfig) -> list[Obj]:
             {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
         )
     volumes += [{"name": vol, "emptyDir": {}} for vol, _ in facts.SCRATCH_DIRS]
+    if md.spec.restricted:
+        # The kubelet swaps the files in when the ConfigMap changes; the runtime re-reads them.
+        volumes.append({"name": "access", "configMap": {"name": md.name}})
     return volumes
 
 
@@ -204,7 +210,9 @@ def _pod_spec(md: ModelDeployment, config: OperatorConfig) -> Obj:
     return pod
 
 
-def render_deployment(md: ModelDeployment, config: OperatorConfig) -> Obj:
+def render_deployment(
+    md: ModelDeployment, config: OperatorConfig, access: AccessTable | None = None
+) -> Obj:
     spec = md.spec
     deployment_spec: Obj = {}
     if spec.autoscaling is None:
@@ -236,7 +244,9 @@ def render_deployment(md: ModelDeployment, config: OperatorConfig) -> Obj:
     return {**_header(md, kinds.DEPLOYMENT), "spec": deployment_spec}
 
 
-def render_service(md: ModelDeployment, config: OperatorConfig) -> Obj:
+def render_service(
+    md: ModelDeployment, config: OperatorConfig, access: AccessTable | None = None
+) -> Obj:
     return {
         **_header(md, kinds.SERVICE),
         "spec": {
@@ -273,7 +283,9 @@ def _hpa_metric(metric: str, target: int) -> Obj:
     }
 
 
-def render_hpa(md: ModelDeployment, config: OperatorConfig) -> Obj | None:
+def render_hpa(
+    md: ModelDeployment, config: OperatorConfig, access: AccessTable | None = None
+) -> Obj | None:
     scaling = md.spec.autoscaling
     if scaling is None:
         return None
@@ -297,7 +309,9 @@ def guaranteed_replicas(md: ModelDeployment) -> int:
     return scaling.min_replicas if scaling else md.spec.replicas
 
 
-def render_pdb(md: ModelDeployment, config: OperatorConfig) -> Obj | None:
+def render_pdb(
+    md: ModelDeployment, config: OperatorConfig, access: AccessTable | None = None
+) -> Obj | None:
     """Only with at least 2 replicas guaranteed: a PDB on 1 replica blocks node drains."""
     if guaranteed_replicas(md) < 2:
         return None
@@ -310,23 +324,41 @@ def render_pdb(md: ModelDeployment, config: OperatorConfig) -> Obj | None:
     }
 
 
-Renderer = Callable[[ModelDeployment, OperatorConfig], "Obj | None"]
+def render_access_config_map(
+    md: ModelDeployment, config: OperatorConfig, access: AccessTable | None = None
+) -> Obj | None:
+    """A restricted model's access description: its consumers' key digests (never a key),
+    grants and limits, and how many replicas share each limit."""
+    if not md.spec.restricted:
+        return None
+    table = access or AccessTable(replicas=guaranteed_replicas(md) or 1)
+    return {
+        **_header(md, kinds.ACCESS_CONFIG_MAP),
+        "data": {facts.ACCESS_FILE: render_access_table(table)},
+    }
+
+
+Renderer = Callable[[ModelDeployment, OperatorConfig, "AccessTable | None"], "Obj | None"]
 # One renderer per registered child kind (a test holds the two together).
 RENDERERS: dict[Kind, Renderer] = {
     kinds.DEPLOYMENT: render_deployment,
     kinds.SERVICE: render_service,
     kinds.HPA: render_hpa,
     kinds.PDB: render_pdb,
+    kinds.ACCESS_CONFIG_MAP: render_access_config_map,
 }
 
 
-def render_children(md: ModelDeployment, config: OperatorConfig) -> list[Obj]:
+def render_children(
+    md: ModelDeployment, config: OperatorConfig, access: AccessTable | None = None
+) -> list[Obj]:
     """Every object the operator applies for this ModelDeployment, in apply order.
 
-    The renderers all take the operator config, used or not, so that the registry
-    can call them alike.
+    The renderers all take the operator config and the access table (built from the
+    namespace's ModelConsumers; none yet without a cluster), used or not, so that the
+    registry can call them alike.
     """
-    rendered = (RENDERERS[kind](md, config) for kind in kinds.CHILDREN)
+    rendered = (RENDERERS[kind](md, config, access) for kind in kinds.CHILDREN)
     return [obj for obj in rendered if obj is not None]
 
 

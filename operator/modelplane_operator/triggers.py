@@ -10,6 +10,7 @@ operator cannot serve raises SpecRejected to the caller and waits for a change.
 from __future__ import annotations
 
 import copy
+import datetime
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -18,10 +19,19 @@ import kopf
 
 from modelplane_api import names
 from modelplane_operator.applier import Outcome
+from modelplane_operator.consumers import reconcile_consumer
 from modelplane_operator.freshness import RecentWrites
-from modelplane_operator.kinds import BY_KIND, PODS
+from modelplane_operator.kinds import BY_KIND, MODEL_CONSUMER, PODS
 from modelplane_operator.reconcile import RetryLater, SpecRejected, reconcile
-from modelplane_operator.watch_cache import Override, cluster_view, model_deployment
+from modelplane_operator.watch_cache import (
+    Override,
+    cluster_view,
+    consumers_in,
+    model_consumer,
+    model_deployment,
+    model_names,
+    models_by_access,
+)
 
 log = logging.getLogger("modelplane.operator")
 Obj = dict[str, Any]
@@ -58,6 +68,98 @@ def on_child_event(event: kopf.RawEvent, memo: kopf.Memo, indexes: Mapping[str, 
         _attempt(memo, indexes, key, body, override, reject=False)
 
 
+def on_model_deployment_event(
+    event: kopf.RawEvent, memo: kopf.Memo, indexes: Mapping[str, Any]
+) -> None:
+    """A ModelDeployment appeared or went: the consumers of its namespace say what they may
+    call. (Objects listed at start-up come without a type: each consumer resumes anyway.)"""
+    if event["type"] not in {"ADDED", "DELETED"}:
+        return
+    namespace = event["object"].get("metadata", {}).get("namespace", "")
+    for consumer in consumers_in(indexes, namespace):
+        key = consumer_key(namespace, consumer["metadata"]["name"])
+        _attempt_consumer(memo, indexes, key, consumer, reject=False)
+
+
+# --- ModelConsumers ---------------------------------------------------------------------------
+
+
+def consumer_key(namespace: str, name: str) -> Key:
+    """A consumer's key for locks and retries: never equal to a ModelDeployment's."""
+    return (namespace, f"{MODEL_CONSUMER.kind}/{name}")
+
+
+def on_model_consumer(body: Mapping[str, Any], memo: kopf.Memo, indexes: Mapping[str, Any]) -> None:
+    """Created, spec changed or resumed. SpecRejected goes back to the kopf handler."""
+    key = consumer_key(body["metadata"]["namespace"], body["metadata"]["name"])
+    _attempt_consumer(memo, indexes, key, body, reject=True)
+
+
+def on_consumer_event(event: kopf.RawEvent, memo: kopf.Memo, indexes: Mapping[str, Any]) -> None:
+    """A consumer changed (its key, grants, limits) or went: every model of its namespace
+    renders its access description again (unchanged ones cost no write)."""
+    meta = event["object"].get("metadata", {})
+    namespace, name = meta.get("namespace", ""), meta.get("name", "")
+    gone = name if event["type"] == "DELETED" else None
+    if gone:
+        forget(consumer_key(namespace, name), memo)
+    for model in model_names(indexes, namespace):
+        key = (namespace, model)
+        if (body := _live_body(memo, indexes, key)) is not None:
+            _attempt(memo, indexes, key, body, None, reject=False, gone_consumer=gone)
+
+
+def _attempt_consumer(
+    memo: kopf.Memo,
+    indexes: Mapping[str, Any],
+    key: Key,
+    body: Mapping[str, Any],
+    *,
+    reject: bool,
+) -> None:
+    namespace = key[0]
+    recheck: float | None = None
+    try:
+        with memo.locks(key):
+            result = reconcile_consumer(
+                body,
+                memo.api,
+                models_by_access(indexes, namespace),
+                now=lambda: datetime.datetime.now(datetime.UTC),
+            )
+        recheck = result.recheck_after
+    except SpecRejected:
+        memo.retrier.succeeded(key)
+        if reject:
+            raise
+        return
+    except RetryLater as later:
+        delay = memo.retrier.schedule(
+            key, lambda: _retry_consumer(memo, indexes, key), at_least=later.delay
+        )
+        log.info("reconcile of %s/%s will be retried in %.1fs: %s", *key, delay, later)
+        return
+    except Exception:
+        log.exception("reconcile of %s/%s failed unexpectedly", *key)
+        memo.retrier.schedule(key, lambda: _retry_consumer(memo, indexes, key), at_least=1.0)
+        return
+    memo.retrier.succeeded(key)
+    if recheck is not None:  # a rotated-out key expires then: the status drops it
+        memo.retrier.schedule(key, lambda: _retry_consumer(memo, indexes, key), at_least=recheck)
+
+
+def _retry_consumer(memo: kopf.Memo, indexes: Mapping[str, Any], key: Key) -> None:
+    namespace, name = key[0], key[1].split("/", 1)[1]
+    body = model_consumer(indexes, (namespace, name))
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        forget(key, memo)
+        return
+    _attempt_consumer(memo, indexes, key, body, reject=False)
+
+
+# --- retries ----------------------------------------------------------------------------------
+
+
 def _retry(memo: kopf.Memo, indexes: Mapping[str, Any], key: Key) -> None:
     if (body := _live_body(memo, indexes, key)) is not None:
         _attempt(memo, indexes, key, body, None, reject=False)
@@ -81,9 +183,10 @@ def _attempt(
     override: Override | None,
     *,
     reject: bool,
+    gone_consumer: str | None = None,
 ) -> None:
     try:
-        _reconcile(body, memo, indexes, override)
+        _reconcile(body, memo, indexes, override, gone_consumer)
     except SpecRejected:
         memo.retrier.succeeded(key)  # nothing to retry: the spec must change
         if reject:
@@ -107,6 +210,7 @@ def _reconcile(
     memo: kopf.Memo,
     indexes: Mapping[str, Any],
     override: Override | None,
+    gone_consumer: str | None = None,
 ) -> None:
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
     recent: RecentWrites = memo.recent
@@ -124,7 +228,7 @@ def _reconcile(
             current,
             memo.api,
             memo.config,
-            cluster_view(memo.api, recent, indexes, override),
+            cluster_view(memo.api, recent, indexes, override, gone_consumer),
             on_status_written=remember,
         )
         for child in result.children:

@@ -13,8 +13,9 @@ from typing import Any
 
 import kopf
 
+from modelplane_api.spec import InvalidSpecError, parse_model_deployment
 from modelplane_operator.freshness import RecentWrites
-from modelplane_operator.kinds import BY_KIND, MODEL_DEPLOYMENT, PODS
+from modelplane_operator.kinds import BY_KIND, MODEL_CONSUMER, MODEL_DEPLOYMENT, PODS
 from modelplane_operator.kube import KubeApi
 from modelplane_operator.reconcile import ClusterView
 
@@ -59,11 +60,49 @@ def model_deployment(indexes: Mapping[str, Any], key: tuple[str, str]) -> Obj | 
     return first(indexes[MODEL_DEPLOYMENT.index].get(key))
 
 
+def model_names(indexes: Mapping[str, Any], namespace: str) -> list[str]:
+    """The ModelDeployments of a namespace, by name."""
+    return sorted(name for ns, name in list(indexes[MODEL_DEPLOYMENT.index]) if ns == namespace)
+
+
+def models_by_access(indexes: Mapping[str, Any], namespace: str) -> dict[str, bool]:
+    """The ModelDeployments of a namespace: name -> restricted (an invalid one counts as
+    restricted: it serves nobody)."""
+    found: dict[str, bool] = {}
+    for name in model_names(indexes, namespace):
+        body = model_deployment(indexes, (namespace, name))
+        if body is None:
+            continue
+        try:
+            md = parse_model_deployment(
+                {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}
+            )
+        except InvalidSpecError:
+            found[name] = True
+            continue
+        found[name] = md.spec.restricted
+    return found
+
+
+def consumers_in(indexes: Mapping[str, Any], namespace: str, gone: str | None = None) -> list[Obj]:
+    """The ModelConsumers of a namespace (indexed by namespace), less one just deleted."""
+    found = [_parse(entry) for entry in _copy(indexes[MODEL_CONSUMER.index].get(namespace))]
+    return [c for c in found if c["metadata"]["name"] != gone]
+
+
+def model_consumer(indexes: Mapping[str, Any], key: tuple[str, str]) -> Obj | None:
+    namespace, name = key
+    return next(
+        (c for c in consumers_in(indexes, namespace) if c["metadata"]["name"] == name), None
+    )
+
+
 def cluster_view(
     api: KubeApi,
     recent: RecentWrites,
     indexes: Mapping[str, Any],
     override: Override | None = None,
+    gone_consumer: str | None = None,
 ) -> ClusterView:
     """What reconcile reads: the event's object, else our own fresher write, else the cache;
     ``child`` falls back to a GET for an object the cache cannot hold (not ours)."""
@@ -84,4 +123,7 @@ def cluster_view(
     def pods(namespace: str, name: str) -> Sequence[Obj]:
         return [_parse(pod) for pod in _copy(indexes[PODS.index].get((namespace, name)))]
 
-    return ClusterView(child=child, cached=cached, pods=pods)
+    def consumers(namespace: str) -> Sequence[Obj]:
+        return consumers_in(indexes, namespace, gone_consumer)
+
+    return ClusterView(child=child, cached=cached, pods=pods, consumers=consumers)

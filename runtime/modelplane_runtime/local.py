@@ -37,7 +37,8 @@ def settings_for_local_serving(
             raise UsageError("--graph names the graph file in a --model directory")
         settings = settings.model_copy(update={"model_graph": graph})
     if access is None:
-        return settings
+        # A restricted manifest's access file is the one the operator mounts in a pod.
+        return settings.model_copy(update={"access_file": None})
     if not Path(access).is_file():
         raise UsageError(f"--access {access}: no such file")
     return settings.model_copy(update={"access_file": Path(access)})

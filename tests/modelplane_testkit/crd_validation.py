@@ -17,15 +17,17 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "manifests/crds/modelplane.io_modeldeployments.yaml"
+CONSUMER_CRD_FILE = REPO / "manifests/crds/modelplane.io_modelconsumers.yaml"
+CRD_FILES = (CRD_FILE, CONSUMER_CRD_FILE)
 
 
-def load_crd() -> dict[str, Any]:
-    crd: dict[str, Any] = yaml.safe_load(CRD_FILE.read_text())
+def load_crd(path: Path = CRD_FILE) -> dict[str, Any]:
+    crd: dict[str, Any] = yaml.safe_load(path.read_text())
     return crd
 
 
-def crd_schema() -> dict[str, Any]:
-    schema: dict[str, Any] = load_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+def crd_schema(path: Path = CRD_FILE) -> dict[str, Any]:
+    schema: dict[str, Any] = load_crd(path)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     return schema
 
 
@@ -88,12 +90,15 @@ def _cel_errors(schema: dict[str, Any], value: Any, path: str, old: Any = None) 
     return errors
 
 
-def validate_against_crd(obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
-    """Every problem the API server would report for this ModelDeployment; [] if valid.
+def validate_against_crd(
+    obj: dict[str, Any], old: dict[str, Any] | None = None, crd: Path = CRD_FILE
+) -> list[str]:
+    """Every problem the API server would report for this object (a ModelDeployment
+    unless ``crd`` says otherwise); [] if valid.
 
     ``old`` is the stored object when this is an update (for transition rules).
     """
-    schema = crd_schema()
+    schema = crd_schema(crd)
     value = apply_defaults(schema, copy.deepcopy(obj))
     if old is not None:
         old = apply_defaults(schema, copy.deepcopy(old))

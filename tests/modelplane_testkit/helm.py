@@ -25,8 +25,11 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "modelplane"
-CRD_SOURCE = REPO / "manifests" / "crds" / "modelplane.io_modeldeployments.yaml"
-CRD_IN_CHART = CHART / "crds" / CRD_SOURCE.name
+CRD_SOURCES = (
+    REPO / "manifests" / "crds" / "modelplane.io_modeldeployments.yaml",
+    REPO / "manifests" / "crds" / "modelplane.io_modelconsumers.yaml",
+)
+CRD_SOURCE = CRD_SOURCES[0]
 INSTALL_YAML = REPO / "manifests" / "install" / "install.yaml"
 INSTALL_NAMESPACE = "modelplane-system"
 RELEASE = "modelplane"
@@ -132,7 +135,7 @@ def install_yaml() -> str:
         },
     }
     header = (
-        "# modelplane: CRD, namespace, RBAC and operator in one file.\n"
+        "# modelplane: CRDs, namespace, RBAC and operator in one file.\n"
         "# Generated from charts/modelplane by `make manifests`; do not edit.\n"
         "# Install or upgrade: kubectl apply --server-side -f install.yaml\n"
     )
@@ -141,7 +144,8 @@ def install_yaml() -> str:
 
 
 def sync() -> None:
-    shutil.copyfile(CRD_SOURCE, CRD_IN_CHART)
+    for source in CRD_SOURCES:
+        shutil.copyfile(source, CHART / "crds" / source.name)
     INSTALL_YAML.parent.mkdir(parents=True, exist_ok=True)
     INSTALL_YAML.write_text(install_yaml())
 

@@ -23,6 +23,9 @@ PATHS = {
     "horizontalpodautoscalers": "/apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers",
     "poddisruptionbudgets": "/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets",
     "pods": "/api/v1/namespaces/{ns}/pods",
+    "modelconsumers": "/apis/modelplane.io/v1alpha1/namespaces/{ns}/modelconsumers",
+    "configmaps": "/api/v1/namespaces/{ns}/configmaps",
+    "secrets": "/api/v1/namespaces/{ns}/secrets",
     "events": "/api/v1/namespaces/{ns}/events",
 }
 WAIT = 20.0
@@ -189,8 +192,9 @@ def running_operator(
 
 
 def serve_crd(emulator: EmulatorThread) -> None:
-    """Install the ModelDeployment CRD: the API server starts serving the kind."""
+    """Install the CRDs: the API server starts serving the kinds."""
     emulator.emulator.serve("modelplane.io/v1alpha1", "modeldeployments", "ModelDeployment")
+    emulator.emulator.serve("modelplane.io/v1alpha1", "modelconsumers", "ModelConsumer")
 
 
 def start_emulator(*, with_crd: bool = True) -> EmulatorThread:
@@ -203,6 +207,8 @@ def start_emulator(*, with_crd: bool = True) -> EmulatorThread:
     api.serve("autoscaling/v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler")
     api.serve("policy/v1", "poddisruptionbudgets", "PodDisruptionBudget")
     api.serve("v1", "pods", "Pod")
+    api.serve("v1", "configmaps", "ConfigMap", status=False)
+    api.serve("v1", "secrets", "Secret", status=False)
     api.serve("v1", "events", "Event", status=False)
     api.serve("v1", "namespaces", "Namespace", namespaced=False)
     return emulator

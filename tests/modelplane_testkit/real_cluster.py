@@ -18,6 +18,9 @@ PATHS = {
     "poddisruptionbudgets": "/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets",
     "pods": "/api/v1/namespaces/{ns}/pods",
     "events": "/api/v1/namespaces/{ns}/events",
+    "modelconsumers": "/apis/modelplane.io/v1alpha1/namespaces/{ns}/modelconsumers",
+    "configmaps": "/api/v1/namespaces/{ns}/configmaps",
+    "secrets": "/api/v1/namespaces/{ns}/secrets",
     "serviceaccounts": "/api/v1/namespaces/{ns}/serviceaccounts",
 }
 

@@ -89,7 +89,7 @@ def installed(api_server: ApiServer) -> ApiServer:
     helm_install(api_server, helm.RELEASE)
     api_server.kubectl(
         "wait", "--for", "condition=established", "--timeout=30s",
-        "crd/modeldeployments.modelplane.io",
+        "crd/modeldeployments.modelplane.io", "crd/modelconsumers.modelplane.io",
     )  # fmt: skip
     return api_server
 

@@ -7,6 +7,7 @@ the upstream-format ``health_test.yaml`` beside the script is run too.
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,13 @@ import pytest
 import yaml
 from lupa import lua51
 
+from modelplane_operator.consumers import consumer_conditions
 from modelplane_operator.status import Problem, compute_status
 
 REPO = Path(__file__).resolve().parents[2]
 CHECK_DIR = REPO / "manifests" / "argocd" / "modelplane.io" / "ModelDeployment"
 Obj = dict[str, Any]
+NOW = datetime.datetime(2026, 11, 30, tzinfo=datetime.UTC)
 
 
 def argocd_health(obj: Obj) -> Obj:
@@ -164,3 +167,30 @@ def test_upstream_format_cases() -> None:
     for case in cases:
         obj = yaml.safe_load(CHECK_DIR.joinpath(case["inputPath"]).read_text())
         assert argocd_health(obj) == case["healthStatus"], case["inputPath"]
+
+
+def _model_consumer(problem: Problem | None) -> Obj:
+    conditions = consumer_conditions({}, 2, problem, "key sha256:0123456789abcdef", NOW)
+    return {
+        "metadata": {"generation": 2},
+        "status": {
+            "observedGeneration": 2,
+            "conditions": [c.model_dump(by_alias=True, exclude_none=True) for c in conditions],
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("problem", "health", "message"),
+    [
+        (None, "Healthy", "KeyIssued: key sha256:0123456789abcdef"),
+        (Problem("ModelNotFound", "spec.models names no ..."), "Degraded", "ModelNotFound"),
+        (Problem("KeySecretNotOwned", "Secret models/x exists"), "Degraded", "KeySecretNotOwned"),
+    ],
+)
+def test_the_same_check_reads_a_model_consumers_conditions(
+    problem: Problem | None, health: str, message: str
+) -> None:
+    result = argocd_health(_model_consumer(problem))
+    assert result["status"] == health
+    assert message in result["message"]

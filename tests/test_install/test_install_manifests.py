@@ -10,10 +10,14 @@ from modelplane_testkit import helm
 from modelplane_testkit.kube_validation import problems_in
 
 
-def test_chart_crd_is_byte_identical_to_manifests() -> None:
-    assert helm.CRD_IN_CHART.read_bytes() == helm.CRD_SOURCE.read_bytes(), (
-        "charts/modelplane/crds is stale: run `make manifests`"
+def test_chart_crds_are_byte_identical_to_manifests() -> None:
+    assert sorted(p.name for p in (helm.CHART / "crds").iterdir()) == sorted(
+        p.name for p in helm.CRD_SOURCES
     )
+    for source in helm.CRD_SOURCES:
+        assert (helm.CHART / "crds" / source.name).read_bytes() == source.read_bytes(), (
+            "charts/modelplane/crds is stale: run `make manifests`"
+        )
 
 
 def test_install_yaml_is_generated_from_the_chart() -> None:

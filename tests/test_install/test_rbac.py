@@ -32,8 +32,13 @@ NOT_EXERCISED: dict[Permission, str] = {
         "never requested: the OwnerReferencesPermissionEnforcement admission plugin checks it "
         "for the blockOwnerDeletion of every child (tests/test_e2e proves it on a real server)"
     ),
+    Permission("modelplane.io", "modelconsumers/finalizers", "update"): (
+        "the same check, for the blockOwnerDeletion of a consumer's key Secret"
+    ),
 }
-FORBIDDEN_RESOURCES = {"secrets", "pods/exec", "pods/attach", "pods/portforward", "nodes"}
+FORBIDDEN_RESOURCES = {"pods/exec", "pods/attach", "pods/portforward", "nodes"}
+# Secrets: only those the operator creates (consumers' keys), read back by name.
+SECRET_VERBS = {"get", "create", "patch"}
 FORBIDDEN_VERBS = {"escalate", "bind", "impersonate", "*"}
 Obj = dict[str, Any]
 
@@ -87,6 +92,9 @@ def test_no_dangerous_grant() -> None:
     permissions = granted(rules)  # refuses wildcards
     assert not {p for p in permissions if p.resource in FORBIDDEN_RESOURCES}
     assert not {p for p in permissions if p.verb in FORBIDDEN_VERBS}
+    # No list or watch of Secrets: the operator cannot find or follow a Secret it was not
+    # told the name of (a ModelConsumer's spec.key.secretName, checked to be its own).
+    assert {p.verb for p in permissions if p.resource == "secrets"} == SECRET_VERBS
 
 
 def test_namespaced_operator_stays_in_its_namespaces(

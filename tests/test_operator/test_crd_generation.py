@@ -1,13 +1,15 @@
 """The checked-in CRD is generated from the pydantic spec and is a valid structural CRD."""
 
+from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from modelplane_api import names
-from modelplane_operator.crd import CRD_PATH, build_crd
+from modelplane_operator.crd import CRD_PATH, CRDS, build_crd
 from modelplane_operator.yaml_text import dump
-from modelplane_testkit.crd_validation import CRD_FILE, REPO, load_crd
+from modelplane_testkit.crd_validation import CONSUMER_CRD_FILE, CRD_FILE, CRD_FILES, REPO, load_crd
 from modelplane_testkit.structural_schema import (
     cel_literal_errors,
     field_path_errors,
@@ -15,13 +17,24 @@ from modelplane_testkit.structural_schema import (
 )
 
 
-def test_checked_in_crd_matches_the_spec_models() -> None:
+def test_checked_in_crds_match_the_spec_models() -> None:
     assert CRD_FILE == REPO / CRD_PATH
-    assert yaml.safe_load(dump(build_crd())) == load_crd(), "run `make crd` and commit the result"
+    assert {REPO / path for path in CRDS} == set(CRD_FILES)
+    for path, build in CRDS.items():
+        assert yaml.safe_load(dump(build())) == load_crd(REPO / path), (
+            "run `make crd` and commit the result"
+        )
+    assert build_crd() == CRDS[CRD_PATH]()
 
 
-def test_crd_is_well_under_the_size_limit() -> None:
-    assert CRD_FILE.stat().st_size < 64 * 1024
+@pytest.fixture(params=CRD_FILES, ids=lambda p: p.stem.split("_")[-1])
+def crd_file(request: pytest.FixtureRequest) -> Path:
+    path: Path = request.param
+    return path
+
+
+def test_crd_is_well_under_the_size_limit(crd_file: Path) -> None:
+    assert crd_file.stat().st_size < 64 * 1024
 
 
 def _walk(schema: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:
@@ -34,8 +47,8 @@ def _walk(schema: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, A
     return nodes
 
 
-def test_schema_is_structural_by_the_api_servers_rules() -> None:
-    schema = load_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+def test_schema_is_structural_by_the_api_servers_rules(crd_file: Path) -> None:
+    schema = load_crd(crd_file)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     assert structural_errors(schema) == []
 
 
@@ -60,9 +73,9 @@ def test_the_structural_check_refuses_what_the_api_server_refused() -> None:
     ]
 
 
-def test_cel_rules_compile_where_the_api_server_compiles_them() -> None:
+def test_cel_rules_compile_where_the_api_server_compiles_them(crd_file: Path) -> None:
     """kube-apiserver refused `self.matches('^a\\.b$')`: CEL reads `\\.` as a bad escape."""
-    schema = load_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    schema = load_crd(crd_file)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     rules = [
         r["rule"] for _, node in _walk(schema) for r in node.get("x-kubernetes-validations", [])
     ]
@@ -81,9 +94,9 @@ def test_every_field_path_names_a_field_of_the_schema() -> None:
     assert field_path_errors(schema) == [".metadata.name: must be a valid path"]
 
 
-def test_every_field_has_a_description() -> None:
+def test_every_field_has_a_description(crd_file: Path) -> None:
     """`kubectl explain modeldeployment.spec...` documents every field."""
-    schema = load_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    schema = load_crd(crd_file)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     missing = [
         path
         for path, node in _walk(schema)
@@ -96,15 +109,15 @@ def test_every_field_has_a_description() -> None:
     assert missing == []
 
 
-def test_root_rules_name_their_field() -> None:
+def test_root_rules_name_their_field(crd_file: Path) -> None:
     """Without fieldPath the API server reports a root rule's field as <nil>."""
-    schema = load_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    schema = load_crd(crd_file)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     for rule in schema["x-kubernetes-validations"]:
         assert rule.get("fieldPath", "").startswith(".metadata."), rule
 
 
-def test_schema_shape_the_api_server_needs() -> None:
-    schema = load_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+def test_schema_shape_the_api_server_needs(crd_file: Path) -> None:
+    schema = load_crd(crd_file)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     for path, node in _walk(schema):
         typed = (
             "type" in node
@@ -141,7 +154,7 @@ def test_crd_shape() -> None:
         },
     }
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns == ["Ready", "Reason", "URL", "Replicas", "GPU", "Age"]
+    assert columns == ["Ready", "Reason", "URL", "Replicas", "GPU", "Access", "Age"]
     assert spec["names"]["shortNames"] == list(names.SHORT_NAMES)
     assert spec["names"]["categories"] == ["modelplane"]
     schema = version["schema"]["openAPIV3Schema"]
@@ -163,3 +176,18 @@ def test_crd_shape() -> None:
         "lastTransitionTime",
         "reason",
     }
+
+
+def test_consumer_crd_shape() -> None:
+    crd = load_crd(CONSUMER_CRD_FILE)
+    version = crd["spec"]["versions"][0]
+    assert crd["metadata"]["name"] == names.CONSUMER_CRD_NAME
+    assert crd["spec"]["names"]["kind"] == names.CONSUMER_KIND
+    assert version["subresources"] == {"status": {}}
+    columns = [c["name"] for c in version["additionalPrinterColumns"]]
+    assert columns == ["Ready", "Reason", "Key", "Secret", "Age"]
+    schema = version["schema"]["openAPIV3Schema"]
+    status = schema["properties"]["status"]["properties"]
+    assert {"observedGeneration", "keySecretName", "keys", "models", "conditions"} <= set(status)
+    # What status may show of a key: never a field that could hold the key itself.
+    assert set(status["keys"]["items"]["properties"]) == {"fingerprint", "sha256", "notAfter"}

@@ -155,6 +155,7 @@ def test_create_writes_one_apply_per_child_and_one_status(cluster: Cluster) -> N
             ("PATCH", f"/apis/apps/v1/namespaces/{NS}/deployments/demo"),
             ("PATCH", f"/apis/autoscaling/v2/namespaces/{NS}/horizontalpodautoscalers/demo"),
             ("PATCH", f"/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets/demo"),
+            ("PATCH", f"/api/v1/namespaces/{NS}/configmaps/demo"),  # restricted: its access
             ("PATCH", f"{md}/status"),
         ]
     )  # and no kopf bookkeeping patch on the ModelDeployment itself

@@ -77,6 +77,7 @@ def test_first_reconcile_applies_each_child_then_nothing() -> None:
         "apply Service",
         "apply HorizontalPodAutoscaler",
         "apply PodDisruptionBudget",
+        "apply ConfigMap",
     ]
     body["status"] = api.statuses[-1]
     api.writes.clear()

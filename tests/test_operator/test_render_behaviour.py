@@ -40,17 +40,24 @@ def _env(objects: dict[str, dict[str, Any]]) -> dict[str, str]:
 @pytest.mark.parametrize(
     ("spec", "kinds", "replicas"),
     [
-        ({}, ["Deployment", "Service"], 1),
-        ({"replicas": 2}, ["Deployment", "Service", "PodDisruptionBudget"], 2),
-        ({"replicas": 0}, ["Deployment", "Service"], 0),
+        ({}, ["Deployment", "Service", "ConfigMap"], 1),
+        ({"access": {"mode": "Open"}}, ["Deployment", "Service"], 1),
+        ({"replicas": 2}, ["Deployment", "Service", "PodDisruptionBudget", "ConfigMap"], 2),
+        ({"replicas": 0}, ["Deployment", "Service", "ConfigMap"], 0),
         (
-            {"autoscaling": {"maxReplicas": 4}},
+            {"autoscaling": {"maxReplicas": 4}, "access": {"mode": "Open"}},
             ["Deployment", "Service", "HorizontalPodAutoscaler"],
             None,
         ),
         (
             {"autoscaling": {"minReplicas": 2, "maxReplicas": 4}, "replicas": 7},
-            ["Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"],
+            [
+                "Deployment",
+                "Service",
+                "HorizontalPodAutoscaler",
+                "PodDisruptionBudget",
+                "ConfigMap",
+            ],
             None,
         ),
     ],

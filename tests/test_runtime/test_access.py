@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime
 import itertools
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from tritonclient.utils import InferenceServerException
 
 from modelplane_api import facts
 from modelplane_api.access import key_digest, new_key
+from modelplane_testkit.mounted import AccessDir
 from modelplane_testkit.runtime_server import RuntimeServer, run_runtime_cli
 
 # Longest wait for a published change to be served: the runtime's re-read interval, and
@@ -52,30 +52,6 @@ BASE_CONSUMERS = [
     _consumer("meter", ["relu"]),
     _consumer("rotate", ["relu"]),
 ]
-
-
-class AccessDir:
-    """A mounted Secret's directory, updated as the kubelet's AtomicWriter does."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.versions = itertools.count()
-        root.mkdir(parents=True, exist_ok=True)
-
-    @property
-    def file(self) -> Path:
-        return self.root / facts.ACCESS_FILE
-
-    def publish(self, document: dict[str, Any] | str) -> None:
-        version = self.root / f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{next(self.versions)}"
-        version.mkdir()
-        text = document if isinstance(document, str) else json.dumps(document)
-        (version / facts.ACCESS_FILE).write_text(text)
-        staged = self.root / "..data_tmp"
-        staged.symlink_to(version.name)
-        os.replace(staged, self.root / "..data")
-        if not self.file.is_symlink():
-            self.file.symlink_to(f"..data/{facts.ACCESS_FILE}")
 
 
 def _bearer(key: str) -> dict[str, str]:

@@ -39,6 +39,23 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - apiGroups: [modelplane.io]
   resources: [modeldeployments/finalizers]
   verbs: [update]
+# ModelConsumers likewise: watched, and their status written.
+- apiGroups: [modelplane.io]
+  resources: [modelconsumers]
+  verbs: [list, watch]
+- apiGroups: [modelplane.io]
+  resources: [modelconsumers/status]
+  verbs: [patch]
+# A consumer's key Secret carries blockOwnerDeletion too.
+- apiGroups: [modelplane.io]
+  resources: [modelconsumers/finalizers]
+  verbs: [update]
+# Consumers' keys: the operator creates each key Secret, reads it back by the name the
+# ModelConsumer gives, and patches it to rotate the key. No list or watch: it cannot find
+# or follow Secrets it was not told the name of, and it never writes one it did not create.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, create, patch]
 # The children: server-side apply creates and updates them (create + patch).
 - apiGroups: [apps]
   resources: [deployments]
@@ -52,6 +69,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
   verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
+  verbs: [get, list, watch, create, patch, delete]
+# A restricted model's access description (key digests, grants, limits; never a key);
+# deleted when the model is opened.
+- apiGroups: [""]
+  resources: [configmaps]
   verbs: [get, list, watch, create, patch, delete]
 # Pods are read only, for status (unschedulable, model fetch failing).
 - apiGroups: [""]

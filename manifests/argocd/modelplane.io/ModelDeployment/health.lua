@@ -1,5 +1,5 @@
--- Argo CD health check for modelplane.io/ModelDeployment.
--- Reads the kstatus-style conditions the operator writes:
+-- Argo CD health check for modelplane.io/ModelDeployment and modelplane.io/ModelConsumer.
+-- Reads the kstatus-style conditions the operator writes on both:
 --   Stalled=True     -> Degraded     (needs a change: invalid spec, stuck rollout, child in the way)
 --   Ready=True       -> Healthy
 --   ScaledToZero     -> Suspended
