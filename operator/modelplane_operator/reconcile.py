@@ -223,7 +223,9 @@ def _reconcile(
 
 
 def _access(md: ModelDeployment, cluster: ClusterView, now: str) -> AccessTable:
-    """The consumers granted this model, and how many ready replicas share their limits."""
+    """The namespace's consumers, and how many replicas share their limits: the
+    Deployment's count (spec.replicas, or what the HPA set). Not the ready count: that
+    moves with every rollout, faster than the kubelet refreshes a mounted ConfigMap."""
     consumers: list[ModelConsumer] = []
     for body in cluster.consumers(md.namespace):
         try:
@@ -234,8 +236,9 @@ def _access(md: ModelDeployment, cluster: ClusterView, now: str) -> AccessTable:
         except InvalidSpecError:
             continue  # its own status says why; it grants nothing meanwhile
     deployment = cluster.cached("Deployment", md.namespace, md.name) or {}
-    ready = int((deployment.get("status") or {}).get("readyReplicas") or 0)
-    replicas = ready if ready > 0 else guaranteed_replicas(md)
+    replicas = (deployment.get("spec") or {}).get("replicas")
+    if not isinstance(replicas, int) or isinstance(replicas, bool):
+        replicas = guaranteed_replicas(md)
     moment = datetime.datetime.fromisoformat(now)
     return access_table(consumers, replicas, moment)
 

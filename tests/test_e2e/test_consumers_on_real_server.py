@@ -110,9 +110,16 @@ def test_a_taken_secret_name_and_an_unknown_model_are_reported(
 
     wait_for(lambda: reason("squatter", "KeySecretNotOwned"), "KeySecretNotOwned")
     wait_for(lambda: reason("early", "ModelNotFound"), "ModelNotFound")
-    events = admin.list("events", NS)
-    warned = {(e["involvedObject"]["name"], e["reason"]) for e in events if e["type"] == "Warning"}
-    assert {("squatter", "KeySecretNotOwned"), ("early", "ModelNotFound")} <= warned
+
+    def warned() -> set[tuple[str, str]]:
+        events = admin.list("events", NS)
+        return {
+            (e["involvedObject"]["name"], e["reason"]) for e in events if e["type"] == "Warning"
+        }
+
+    # The event is posted just after the status is written.
+    wanted = {("squatter", "KeySecretNotOwned"), ("early", "ModelNotFound")}
+    wait_for(lambda: wanted <= warned(), "both Warning events")
     database = admin.get("secrets", NS, "database")
     assert database is not None
     assert base64.b64decode(database["data"]["password"]) == b"hunter2"

@@ -127,7 +127,10 @@ def test_printer_columns(installed: ApiServer, admin: RealCluster) -> None:
     admin.create("modeldeployments", _md("columns", resources={"gpu": {"count": 1}}))
     table = installed.kubectl("get", "md", "columns", "-n", NS)
     header, row = table.splitlines()[:2]
-    assert header.split() == ["NAME", "READY", "REASON", "URL", "REPLICAS", "GPU", "AGE"]
+    assert header.split() == [
+        "NAME", "READY", "REASON", "URL", "REPLICAS", "GPU", "ACCESS", "AGE"
+    ]  # fmt: skip
+    assert "Restricted" in row.split()  # the default, written in by the API server
     assert row.split()[0] == "columns"
     assert "1" in row.split()
     admin.delete("modeldeployments", NS, "columns")

@@ -160,29 +160,18 @@ def _consumer_served(cluster: Cluster) -> str:
     return key
 
 
-def test_the_access_description_follows_the_ready_replicas(
-    cluster: Cluster,
-) -> None:
-    cluster.create("modeldeployments", _md("scaled", replicas=3))
-    wait_for(
-        lambda: _table(cluster, "scaled").get("replicas") == 3,
-        "3 replicas before any is ready",
-        WAIT,
+def test_the_access_description_follows_the_replica_count(cluster: Cluster) -> None:
+    cluster.create("modeldeployments", _md("fixed", replicas=3))
+    wait_for(lambda: _table(cluster, "fixed").get("replicas") == 3, "3 replicas", WAIT)
+    cluster.create(
+        "modeldeployments", _md("scaled", autoscaling={"minReplicas": 2, "maxReplicas": 8})
     )
-    cluster.play_deployment_controller(NS, "scaled")
+    wait_for(lambda: cluster.get("deployments", NS, "scaled"), "the Deployment", WAIT)
+    # The HPA scales the Deployment; each replica's share follows.
     cluster.patch(
-        "deployments",
-        NS,
-        "scaled",
-        {"status": {"readyReplicas": 2}},
-        sub="status",
-        manager="kube-controller-manager",
+        "deployments", NS, "scaled", {"spec": {"replicas": 5}}, manager="horizontal-pod-autoscaler"
     )
-    wait_for(
-        lambda: _table(cluster, "scaled").get("replicas") == 2,
-        "the share of 2 ready replicas",
-        WAIT,
-    )
+    wait_for(lambda: _table(cluster, "scaled").get("replicas") == 5, "the HPA's 5", WAIT)
 
 
 def test_rotation_keeps_the_old_key_for_the_overlap_then_drops_it(
@@ -391,3 +380,9 @@ def test_the_runtime_enforces_what_the_operator_wrote(cluster: Cluster, tmp_path
         _eventually_status(server, new, 401)
         assert _infer(server, old) == 401
         assert _infer(server, elsewhere) == 403
+
+        # A consumer added while the model serves: no restart.
+        cluster.create("modelconsumers", _consumer("late", ["relu"]))
+        late = _key(cluster, "late-key")
+        _published(cluster, mounted, "relu", lambda t: _digests(t, "late"), "the late consumer")
+        _eventually_status(server, late, 200)
