@@ -236,9 +236,12 @@ def _access(md: ModelDeployment, cluster: ClusterView, now: str) -> AccessTable:
         except InvalidSpecError:
             continue  # its own status says why; it grants nothing meanwhile
     deployment = cluster.cached("Deployment", md.namespace, md.name) or {}
-    replicas = (deployment.get("spec") or {}).get("replicas")
-    if not isinstance(replicas, int) or isinstance(replicas, bool):
-        replicas = guaranteed_replicas(md)
+    live = (deployment.get("spec") or {}).get("replicas")
+    # Never below the guaranteed count: a new autoscaled Deployment says 1 until the HPA
+    # first acts, and that would be one more write for nothing.
+    replicas = guaranteed_replicas(md)
+    if isinstance(live, int) and not isinstance(live, bool):
+        replicas = max(replicas, live)
     moment = datetime.datetime.fromisoformat(now)
     return access_table(consumers, replicas, moment)
 
