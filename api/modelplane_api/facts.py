@@ -49,6 +49,10 @@ MANIFEST_FILE = "SHA256SUMS"
 # the only .onnx file) with the weights beside it.
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
 FETCHED_MODEL_DIR = "model"
+# A model cache (spec.model.cache) is mounted here in the fetch container only; the fetch
+# reports how it got the model as its termination message, "model cache <outcome>".
+MODEL_CACHE_DIR = "/mnt/model-cache"
+MODEL_CACHE_REPORT = "model cache "
 MAX_MODEL_BYTES = 1 << 40  # what an archive or directory may unpack to (1 TiB)
 MAX_MODEL_FILES = 10_000
 

@@ -278,6 +278,23 @@ def is_model_tree(uri: str) -> bool:
     return uri.endswith("/") or uri.lower().endswith(facts.ARCHIVE_SUFFIXES)
 
 
+class ModelCache(SpecModel):
+    """A cache of fetched models that replicas share, keyed by the model's digest."""
+
+    claim_name: DnsSubdomain = Field(
+        min_length=1,
+        max_length=253,
+        description="A PersistentVolumeClaim in this namespace, ReadWriteMany when replicas "
+        "run on several nodes. A restart or scale-up copies the model from it instead of "
+        "downloading it; a changed model (a new sha256) is a new entry.",
+    )
+    size_limit: Quantity | None = Field(
+        default=None,
+        description="Keep the cache under this size (e.g. 200Gi): the least recently used "
+        "models are evicted after a fill. Unset: nothing is evicted.",
+    )
+
+
 class ModelSource(SpecModel):
     """The ONNX model to serve and how to get it."""
 
@@ -304,8 +321,26 @@ class ModelSource(SpecModel):
     credentials: Credentials | None = Field(
         default=None, description="How the fetch authenticates; omit for public models."
     )
+    cache: ModelCache | None = Field(
+        default=None,
+        description="Share fetched models between replicas and restarts (needs sha256).",
+    )
 
     rules = (
+        CrossFieldRule(
+            cel="!has(self.cache) || has(self.sha256)",
+            message="cache needs sha256: the cache is keyed by the model's digest, so that a "
+            "changed model is never served from it",
+            check=lambda m: m.cache is None or m.sha256 is not None,
+            field_path=".cache",
+        ),
+        CrossFieldRule(
+            cel="!has(self.cache) || !(self.uri.startsWith('pvc://') "
+            "|| self.uri.startsWith('file://'))",
+            message="cache is for fetched models: a pvc:// or file:// model is read in place",
+            check=lambda m: m.cache is None or not m.uri.startswith(("pvc://", "file://")),
+            field_path=".cache",
+        ),
         CrossFieldRule(
             cel="self.uri.matches('^(" + "|".join(URI_SCHEMES) + ")://.+')",
             message="uri must start with one of " + ", ".join(f"{s}://" for s in URI_SCHEMES),
@@ -779,6 +814,11 @@ class ModelStatus(StatusModel):
 
     uri: str | None = Field(default=None, description="spec.model.uri as last applied.")
     sha256: str | None = Field(default=None, description="spec.model.sha256 as last applied.")
+    cache: str | None = Field(
+        default=None,
+        description="How the newest pod got it from spec.model.cache: hit, miss, refilled (a "
+        "corrupt entry fetched again) or bypassed (no room in the cache).",
+    )
 
 
 class ModelDeploymentStatus(StatusModel):

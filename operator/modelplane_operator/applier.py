@@ -18,10 +18,10 @@ import enum
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from modelplane_api import names
+from modelplane_api.quantities import parse_quantity
 from modelplane_operator.kinds import BY_KIND, FieldPath
 from modelplane_operator.kube import ApiError, KubeApi
 
@@ -209,40 +209,11 @@ def contains(live: Any, wanted: Any, *, quantities: bool = False) -> bool:
     if live == wanted:
         return True
     # The API server writes quantities canonically ("0.5" comes back as "500m").
-    return quantities and _quantity(live) is not None and _quantity(live) == _quantity(wanted)
+    return (
+        quantities
+        and parse_quantity(live) is not None
+        and parse_quantity(live) == parse_quantity(wanted)
+    )
 
 
 _QUANTITY_MAPS = frozenset({"requests", "limits"})
-_SUFFIXES: dict[str, int | Decimal] = {
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-    "Pi": 2**50,
-    "Ei": 2**60,
-    "n": Decimal("1e-9"),
-    "u": Decimal("1e-6"),
-    "m": Decimal("1e-3"),
-    "k": 10**3,
-    "M": 10**6,
-    "G": 10**9,
-    "T": 10**12,
-    "P": 10**15,
-    "E": 10**18,
-}
-
-
-def _quantity(value: Any) -> Decimal | None:
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        return None
-    text = str(value)
-    for suffix in sorted(_SUFFIXES, key=len, reverse=True):
-        if text.endswith(suffix) and text[: -len(suffix)]:
-            try:
-                return Decimal(text[: -len(suffix)]) * Decimal(_SUFFIXES[suffix])
-            except InvalidOperation:
-                return None
-    try:
-        return Decimal(text)
-    except InvalidOperation:
-        return None

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from modelplane_api import facts, names
 from modelplane_api.access import AccessTable, render_access_table
 from modelplane_api.facts import LIVE_PATH, MODEL_DIR, READY_PATH, RUNTIME_UID
+from modelplane_api.quantities import parse_quantity
 from modelplane_api.settings import model_location, runtime_settings
 from modelplane_api.spec import ModelDeployment
 from modelplane_operator import kinds
@@ -121,6 +122,16 @@ def _fetch_container(md: ModelDeployment, config: OperatorConfig) -> Obj:
     command = [*facts.RUNTIME_COMMAND, "fetch", model.uri, destination]
     if model.sha256:
         command += ["--sha256", model.sha256]
+    mounts: list[Obj] = [
+        {"name": "model", "mountPath": MODEL_DIR},
+        *({"name": vol, "mountPath": path} for vol, path in facts.SCRATCH_DIRS),
+    ]
+    if model.cache:
+        command += ["--cache", facts.MODEL_CACHE_DIR]
+        if model.cache.size_limit:
+            limit = parse_quantity(model.cache.size_limit) or 0
+            command += ["--cache-max-bytes", str(int(limit))]
+        mounts.append({"name": "model-cache", "mountPath": facts.MODEL_CACHE_DIR})
     container: Obj = {
         "name": names.FETCH_CONTAINER,
         "image": _image(md, config),
@@ -128,10 +139,7 @@ def _fetch_container(md: ModelDeployment, config: OperatorConfig) -> Obj:
         "command": command,
         "resources": _resources(md, config, with_gpu=False),
         "securityContext": _container_security(),
-        "volumeMounts": [
-            {"name": "model", "mountPath": MODEL_DIR},
-            *({"name": vol, "mountPath": path} for vol, path in facts.SCRATCH_DIRS),
-        ],
+        "volumeMounts": mounts,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if model.credentials and model.credentials.secret_ref:
@@ -150,6 +158,10 @@ def _volumes(md: ModelDeployment, config: OperatorConfig) -> list[Obj]:
             else {}
         )
         volumes.append({"name": "model", "emptyDir": empty})
+        if cache := md.spec.model.cache:
+            volumes.append(
+                {"name": "model-cache", "persistentVolumeClaim": {"claimName": cache.claim_name}}
+            )
     elif source == "pvc":
         claim = urlsplit(md.spec.model.uri).netloc
         volumes.append(

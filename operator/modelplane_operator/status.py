@@ -78,6 +78,20 @@ def _load_failure(pods: Sequence[Obj]) -> str | None:
     return None
 
 
+def cache_outcome(pods: Sequence[Obj]) -> str | None:
+    """How the newest pod's fetch used the model cache (its termination message)."""
+    newest = sorted(pods, key=lambda p: p.get("metadata", {}).get("creationTimestamp", ""))
+    for pod in reversed(newest):
+        for status in pod.get("status", {}).get("initContainerStatuses", []):
+            terminated = (status.get("state") or {}).get("terminated") or {}
+            message = (terminated.get("message") or "").strip()
+            if status.get("name") == names.FETCH_CONTAINER and message.startswith(
+                facts.MODEL_CACHE_REPORT
+            ):
+                return message.removeprefix(facts.MODEL_CACHE_REPORT)
+    return None
+
+
 def _fetching_since(pods: Sequence[Obj]) -> str | None:
     """When the model fetch of a pod still fetching began (its init container is running)."""
     for pod in pods:
@@ -195,6 +209,8 @@ def compute_status(
         )
 
     deployment_status = (deployment or {}).get("status", {})
+    if model is not None and (cached := cache_outcome(pods)) is not None:
+        model = model.model_copy(update={"cache": cached})
     status = ModelDeploymentStatus(
         observed_generation=generation,
         url=url if url is not None else previous.get("url"),

@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from modelplane_api.facts import ARCHIVE_SUFFIXES
-from modelplane_runtime.errors import FetchError
+from modelplane_runtime.errors import NO_ROOM_ERRNOS, FetchError, NoRoom
 
 _COPY_CHUNK = 1 << 20
 
@@ -59,7 +59,13 @@ def extract(archive: Path, into: Path, *, max_bytes: int, max_files: int) -> Non
             _extract_zip(archive, into, budget)
         else:
             _extract_tar(archive, into, budget)
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
+    except OSError as exc:
+        if exc.errno in NO_ROOM_ERRNOS:
+            raise NoRoom(
+                f"cannot unpack {archive.name}: {exc.strerror} (the volume is full)"
+            ) from None
+        raise FetchError(f"cannot unpack {archive.name}: {exc}") from None
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError) as exc:
         raise FetchError(f"cannot unpack {archive.name}: {exc}") from None
 
 

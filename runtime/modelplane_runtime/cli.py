@@ -8,11 +8,19 @@ In a pod, ``serve`` with no arguments reads every setting from MODELPLANE_*.
 from __future__ import annotations
 
 import argparse
+import contextlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from modelplane_api import facts
-from modelplane_api.cli import HELP_FORMAT, CommandFailed, Parser, port_number, run
+from modelplane_api.cli import (
+    HELP_FORMAT,
+    CommandFailed,
+    Parser,
+    UsageError,
+    port_number,
+    run,
+)
 from modelplane_api.settings import RuntimeSettings
 from modelplane_runtime.errors import ServingError
 
@@ -56,7 +64,10 @@ def _fetch(args: argparse.Namespace) -> int:
 
     configure_logging()  # the fetch's progress, in the init container's log
 
-    if args.uri.endswith("/") or is_archive(urlsplit(args.uri).path):
+    tree = args.uri.endswith("/") or is_archive(urlsplit(args.uri).path)
+    if args.cache is not None:
+        return _fetch_cached(args, tree=tree)
+    if tree:
         digest = fetch_tree(
             args.uri,
             Path(args.destination),
@@ -70,6 +81,46 @@ def _fetch(args: argparse.Namespace) -> int:
     digest = fetch(args.uri, Path(args.destination), sha256=args.sha256)
     print(f"fetched {args.uri} -> {args.destination} (sha256 {digest})")
     return 0
+
+
+def _fetch_cached(args: argparse.Namespace, *, tree: bool) -> int:
+    from modelplane_runtime.fetch import fetch, fetch_tree
+    from modelplane_runtime.model_cache import fetch_through_cache
+
+    if args.sha256 is None:
+        raise UsageError("--cache needs --sha256: the cache is keyed by the model's digest")
+
+    def fill(target: Path) -> None:
+        if tree:
+            fetch_tree(
+                args.uri,
+                target,
+                sha256=args.sha256,
+                max_bytes=args.max_bytes,
+                max_files=args.max_files,
+            )
+        else:
+            fetch(args.uri, target, sha256=args.sha256)
+
+    outcome = fetch_through_cache(
+        Path(args.cache),
+        args.sha256,
+        Path(args.destination),
+        fill,
+        tree=tree,
+        max_bytes=args.cache_max_bytes,
+    )
+    print(f"fetched {args.uri} -> {args.destination} (sha256 {args.sha256}, cache {outcome})")
+    _report(facts.MODEL_CACHE_REPORT + outcome)
+    return 0
+
+
+def _report(message: str) -> None:
+    """The init container's termination message: the operator puts it into status."""
+    path = Path(facts.TERMINATION_MESSAGE_PATH)
+    if path.is_file():  # the kubelet mounts it; elsewhere there is none to write
+        with contextlib.suppress(OSError):
+            path.write_text(message)
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -152,6 +203,18 @@ def add_commands(commands: argparse._SubParsersAction[Parser]) -> None:
     )
     fetch.add_argument(
         "--max-files", type=int, default=facts.MAX_MODEL_FILES, help="most files it may hold"
+    )
+    fetch.add_argument(
+        "--cache",
+        metavar="DIR",
+        help="a model cache shared by replicas (needs --sha256): a good copy there is used"
+        " instead of downloading; a miss fills it",
+    )
+    fetch.add_argument(
+        "--cache-max-bytes",
+        type=int,
+        metavar="N",
+        help="evict the least recently used models to keep the cache under N bytes",
     )
     fetch.set_defaults(handler=_failing_as_commands(_fetch))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 import orjson
 
 
@@ -93,6 +95,14 @@ class RequestTimeout(ServingError):
 
 class FetchError(ServingError):
     """The model could not be copied or did not verify: nothing was written."""
+
+
+# The volume cannot take what is written: full, over quota, over a file size limit.
+NO_ROOM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+class NoRoom(FetchError):
+    """A fetch stopped because its volume is full; the model cache falls back on it."""
 
 
 class AccessFileError(ServingError):

@@ -28,7 +28,7 @@ from modelplane_api.facts import (
     SHA256_PATTERN,
 )
 from modelplane_runtime.archives import extract, is_archive, replace_directory
-from modelplane_runtime.errors import FetchError
+from modelplane_runtime.errors import NO_ROOM_ERRNOS, FetchError, NoRoom
 
 log = logging.getLogger("modelplane.fetch")
 
@@ -62,6 +62,10 @@ def _errors_named(uri: str) -> Iterator[None]:
         yield
     except FetchError:
         raise
+    except OSError as exc:
+        if exc.errno in NO_ROOM_ERRNOS:
+            raise NoRoom(f"cannot fetch '{uri}': {exc.strerror} (the volume is full)") from None
+        raise FetchError(f"cannot fetch '{uri}': {type(exc).__name__}: {exc}") from None
     except ImportError as exc:
         scheme = urlsplit(uri).scheme
         package = _PROTOCOL_PACKAGES.get(scheme, str(exc))

@@ -64,6 +64,7 @@ class InferenceEngine:
             return
         started = time.perf_counter()
         model = OnnxModel.load(self.settings)
+        loaded = time.perf_counter()
         model.warm_up(
             self.settings.warmup_iterations,
             self.settings.max_batch_size,
@@ -72,7 +73,14 @@ class InferenceEngine:
         self.model = model
         self.metrics.loaded(model.provider)
         self.not_ready_reason = None
-        log.info("model %s ready in %.2fs", model.name, time.perf_counter() - started)
+        done = time.perf_counter()
+        log.info(
+            "model %s ready in %.2fs (load %.2fs, warm-up %.2fs)",
+            model.name,
+            done - started,
+            loaded - started,
+            done - loaded,
+        )
 
     def restrict(self, access: AccessControl) -> None:
         """Serve only the consumers ``access`` admits (its table loaded already)."""

@@ -10,9 +10,10 @@ from unittest import mock
 import pytest
 
 from modelplane_api.settings import RuntimeSettings, runtime_settings
-from modelplane_api.spec import parse_model_deployment
+from modelplane_api.spec import ModelStatus, parse_model_deployment
 from modelplane_operator.config import OperatorConfig
 from modelplane_operator.render import render_children, service_url
+from modelplane_operator.status import compute_status
 from test_operator.samples import minimal
 
 CONFIG = OperatorConfig.model_construct()
@@ -298,3 +299,55 @@ def test_a_directory_or_archive_is_fetched_into_a_directory(uri: str, destinatio
     env = _env(objects)
     assert env["MODELPLANE_MODEL_PATH"] == destination
     assert env.get("MODELPLANE_MODEL_GRAPH") == graph.get("graph")
+
+
+def test_the_model_cache_is_mounted_in_the_fetch_container_only() -> None:
+    model = {
+        "uri": "s3://b/forecaster/",
+        "sha256": "a" * 64,
+        "cache": {"claimName": "model-cache", "sizeLimit": "2Gi"},
+    }
+    objects = _render(model=model)
+    pod = _pod(objects)
+    (fetch,) = pod["initContainers"]
+    assert fetch["command"][-4:] == [
+        "--cache",
+        "/mnt/model-cache",
+        "--cache-max-bytes",
+        str(2 * 2**30),
+    ]
+    assert {"name": "model-cache", "mountPath": "/mnt/model-cache"} in fetch["volumeMounts"]
+    # The serving container never sees the shared cache: it cannot alter what other pods load.
+    assert all(m["name"] != "model-cache" for m in _runtime(objects)["volumeMounts"])
+    claim = {"name": "model-cache", "persistentVolumeClaim": {"claimName": "model-cache"}}
+    assert claim in pod["volumes"]
+
+
+def test_the_status_says_how_the_newest_pod_used_the_cache() -> None:
+    def pod(created: str, message: str) -> dict[str, Any]:
+        terminated = {"exitCode": 0, "message": message}
+        return {
+            "metadata": {"creationTimestamp": created},
+            "status": {
+                "initContainerStatuses": [
+                    {"name": "fetch-model", "state": {"terminated": terminated}}
+                ]
+            },
+        }
+
+    pods = [
+        pod("2026-11-30T01:00:05Z", "model cache hit"),
+        pod("2026-11-30T01:00:00Z", "model cache miss"),
+    ]
+    status = compute_status(
+        name="demo",
+        generation=1,
+        previous={},
+        url=None,
+        model=ModelStatus(uri="s3://b/m/", sha256="a" * 64),
+        deployment=None,
+        pods=pods,
+        problem=None,
+        now="2026-11-30T01:00:10Z",
+    )
+    assert status["model"]["cache"] == "hit"

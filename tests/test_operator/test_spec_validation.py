@@ -94,6 +94,27 @@ INVALID: list[tuple[str, Mutation, str]] = [
     ("unknown-nested-field", _set("spec.runtime", {"batching": {"maxBatch": 8}}), "maxBatch"),
     ("short-sha256", _set("spec.model.sha256", "abc123"), "sha256"),
     ("graph-of-a-single-file", _set("spec.model.graph", "model.onnx"), "graph"),
+    ("cache-without-sha256", _set("spec.model.cache", {"claimName": "models"}), "cache"),
+    (
+        "cache-of-a-pvc-model",
+        _set(
+            "spec.model",
+            {"uri": "pvc://claim/m.onnx", "sha256": "a" * 64, "cache": {"claimName": "c"}},
+        ),
+        "cache",
+    ),
+    (
+        "cache-size-not-a-quantity",
+        _set(
+            "spec.model",
+            {
+                "uri": "s3://b/m.onnx",
+                "sha256": "a" * 64,
+                "cache": {"claimName": "c", "sizeLimit": "lots"},
+            },
+        ),
+        "sizeLimit",
+    ),
     (
         "graph-outside-the-model",
         _set("spec.model", {"uri": "s3://b/m.tar.gz", "graph": "../etc/model.onnx"}),
