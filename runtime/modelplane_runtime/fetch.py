@@ -198,7 +198,10 @@ def _copy_file(uri: str, target: Path, max_bytes: int | None = None) -> str:
 
     digest = hashlib.sha256()
     progress = _Progress(uri)
-    with fsspec.open(uri, "rb") as source, target.open("wb") as out:
+    # Over http(s), one streamed GET: fsspec's default is range requests of 5 MiB each,
+    # which a server without range support refuses for any file over one block.
+    streamed = {"block_size": 0} if urlsplit(uri).scheme in {"http", "https"} else {}
+    with fsspec.open(uri, "rb", **streamed) as source, target.open("wb") as out:
         progress.total = getattr(source, "size", None)
         while chunk := source.read(_CHUNK):
             progress.advance(len(chunk))
