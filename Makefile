@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 CODE := $(wildcard api operator runtime tests bench)
 
-.PHONY: demo test lint typecheck unit crd manifests golden bench bench-versus bench-operator bench-operator-real clean e2e
+.PHONY: demo test lint typecheck unit crd manifests golden bench bench-versus bench-large bench-operator bench-operator-real clean e2e
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "modelplane needs Python 3.11+")'
@@ -48,6 +48,10 @@ manifests: $(STAMP)
 
 golden: $(STAMP)
 	UPDATE_GOLDEN=1 $(BIN)/python -m pytest -q tests/test_operator/test_render_golden.py
+
+# A model with 2.2 GiB of external weights: fetch (no cache, cold, warm), load, RSS (~3 min).
+bench-large: $(STAMP)
+	$(BIN)/python bench/large_model.py
 
 # Operator cost at 10/100/500 ModelDeployments against the test emulator, 3 rounds (~4 minutes).
 bench-operator: $(STAMP)

@@ -3,8 +3,8 @@
 ``<cache>/<sha256>/`` is one entry, always complete: it appears by an atomic rename of a
 staging directory, holds the model as fetched (one file, or the directory tree)
 and ``.files``, every file's own digest, written at fill time. A hit verifies every
-file against ``.files`` before it is used: a corrupted entry is removed and the model
-fetched again. Pods that start together take a lock per digest (``flock`` on
+file against ``.files`` as it copies it out (one read for both): a corrupted entry is
+removed and the model fetched again. Pods that start together take a lock per digest (``flock`` on
 ``<cache>/.locks/<sha256>``; NFSv4 and every CSI RWX driver in common use honour it),
 so one downloads and the others wait, then hit. The model is copied from the entry into
 the pod's own volume, so an entry can be evicted at any time without harm to pods that
@@ -63,8 +63,22 @@ def fetch_through_cache(
     entry = cache / sha256
     try:
         with _lock(cache, sha256, lock_seconds):
-            outcome = _ensure_entry(cache, entry, fill, tree=tree)
-            _copy_out(entry, destination, tree=tree)  # the pod's own volume: its errors are its own
+            outcome: Outcome = "miss"
+            if entry.is_dir():
+                try:
+                    _copy_out(entry, destination, tree=tree, verify=True)
+                except _Corrupt as exc:
+                    log.warning(
+                        "model cache entry %s is corrupt (%s): fetching it again", sha256, exc
+                    )
+                    _remove(entry)
+                    outcome = "refilled"
+                else:
+                    os.utime(entry)  # its last use, for eviction
+                    outcome = "hit"
+            if outcome != "hit":
+                _fill(cache, entry, fill, tree=tree)
+                _copy_out(entry, destination, tree=tree, verify=False)
     except _NoRoom as exc:
         log.warning("model cache %s has no room (%s): fetching without it", cache, exc)
         fill(destination)
@@ -83,27 +97,8 @@ class _NoRoom(Exception):
     """The cache volume cannot take the entry (full, over quota)."""
 
 
-def _ensure_entry(cache: Path, entry: Path, fill: Fill, *, tree: bool) -> Outcome:
-    """A verified entry, found or made; _NoRoom when the volume cannot hold it."""
-    if entry.is_dir():
-        problem = _verify(entry)
-        if problem is None:
-            os.utime(entry)  # its last use, for eviction
-            return "hit"
-        log.warning("model cache entry %s is corrupt (%s): fetching it again", entry.name, problem)
-        _remove(entry)
-        outcome: Outcome = "refilled"
-    else:
-        outcome = "miss"
-    try:
-        _fill(cache, entry, fill, tree=tree)
-    except NoRoom as exc:
-        raise _NoRoom(str(exc)) from None
-    except OSError as exc:
-        if exc.errno in NO_ROOM_ERRNOS:
-            raise _NoRoom(exc.strerror or str(exc)) from None
-        raise FetchError(f"model cache {cache}: {exc.strerror or exc}") from None
-    return outcome
+class _Corrupt(Exception):
+    """An entry whose files are not the ones it lists, with their digests."""
 
 
 @contextlib.contextmanager
@@ -137,15 +132,24 @@ def _lock(cache: Path, sha256: str, seconds: float) -> Iterator[None]:
 
 
 def _fill(cache: Path, entry: Path, fill: Fill, *, tree: bool) -> None:
-    staging = Path(tempfile.mkdtemp(dir=cache, prefix=".staging-"))
+    """Fetch into a staging directory that becomes the entry by one rename; _NoRoom when
+    the volume cannot hold it."""
     try:
-        content = staging / "entry"
-        content.mkdir()
-        fill(content / "tree" if tree else content / ENTRY_FILE)
-        (content / FILES).write_text(_manifest(content))
-        content.rename(entry)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(dir=cache, prefix=".staging-"))
+        try:
+            content = staging / "entry"
+            content.mkdir()
+            fill(content / "tree" if tree else content / ENTRY_FILE)
+            (content / FILES).write_text(_manifest(content))
+            content.rename(entry)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    except NoRoom as exc:
+        raise _NoRoom(str(exc)) from None
+    except OSError as exc:
+        if exc.errno in NO_ROOM_ERRNOS:
+            raise _NoRoom(exc.strerror or str(exc)) from None
+        raise FetchError(f"model cache {cache}: {exc.strerror or exc}") from None
 
 
 def _files(entry: Path) -> list[Path]:
@@ -164,43 +168,52 @@ def _manifest(entry: Path) -> str:
     return "".join(f"{_digest(p)}  {p.relative_to(entry).as_posix()}\n" for p in _files(entry))
 
 
-def _verify(entry: Path) -> str | None:
-    """None when every file the entry lists is there with its digest, and nothing else."""
+def _listed(entry: Path) -> dict[str, str]:
+    """The entry's list of files and digests, checked against the files it holds."""
     try:
-        listed = (entry / FILES).read_text()
-    except OSError:
-        return f"no {FILES}"
-    expected = {}
-    for line in listed.splitlines():
+        lines = (entry / FILES).read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        raise _Corrupt(f"no readable {FILES}") from None
+    listed = {}
+    for line in lines:
         digest, _, name = line.partition("  ")
-        expected[name] = digest
-    present = {p.relative_to(entry).as_posix(): p for p in _files(entry)}
-    if set(present) != set(expected):
-        return "its files differ from its list"
-    for name, path in present.items():
-        if _digest(path) != expected[name]:
-            return f"{name} does not have its digest"
-    return None
+        listed[name] = digest
+    present = {p.relative_to(entry).as_posix() for p in _files(entry)}
+    if present != set(listed):
+        raise _Corrupt("its files differ from its list")
+    return listed
 
 
-def _copy_out(entry: Path, destination: Path, *, tree: bool) -> None:
-    """Copy the entry's model to ``destination``, which appears only complete."""
+def _copy_out(entry: Path, destination: Path, *, tree: bool, verify: bool) -> None:
+    """Copy the entry's model to ``destination``, which appears only complete. With
+    ``verify``, each file is hashed as it is copied (one read for both), and a file
+    without its listed digest raises _Corrupt with ``destination`` untouched."""
+    listed = _listed(entry) if verify else None
     destination.parent.mkdir(parents=True, exist_ok=True)
-    if tree:
-        staged = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}."))
-        try:
-            shutil.copytree(entry / "tree", staged, dirs_exist_ok=True)
-            replace_directory(staged, destination)
-        finally:
-            shutil.rmtree(staged, ignore_errors=True)
-        return
-    descriptor, partial = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.")
-    os.close(descriptor)
+    staged = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}."))
     try:
-        shutil.copyfile(entry / ENTRY_FILE, partial)
-        os.replace(partial, destination)
+        for path in _files(entry):
+            name = path.relative_to(entry).as_posix()
+            target = staged / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            digest = _copy_hashing(path, target)
+            if listed is not None and digest != listed[name]:
+                raise _Corrupt(f"{name} does not have its digest")
+        if tree:
+            replace_directory(staged / "tree", destination)
+        else:
+            os.replace(staged / ENTRY_FILE, destination)
     finally:
-        Path(partial).unlink(missing_ok=True)
+        shutil.rmtree(staged, ignore_errors=True)
+
+
+def _copy_hashing(source: Path, target: Path) -> str:
+    digest = hashlib.sha256()
+    with source.open("rb") as reader, target.open("wb") as writer:
+        while chunk := reader.read(_CHUNK):
+            digest.update(chunk)
+            writer.write(chunk)
+    return digest.hexdigest()
 
 
 def _remove(entry: Path) -> None:

@@ -199,3 +199,35 @@ def gather_table(path: Path) -> Path:
         initializer=[table],
     )
     return _save(graph, path)
+
+
+TOKENIZER_VOCAB = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world", "good",
+                   "bad", "movie", "##s")  # fmt: skip
+
+
+def bert_tokenizer(path: Path) -> Path:
+    """A tokenizer inside the graph, from onnxruntime-extensions (domain ai.onnx.contrib):
+    text BYTES [n] -> input_ids, attention_mask INT64 [tokens] (a WordPiece BertTokenizer
+    over TOKENIZER_VOCAB, lower-cased). It loads only with the extensions' operators."""
+    text = helper.make_tensor_value_info("text", TensorProto.STRING, ["n"])
+    outputs = [
+        helper.make_tensor_value_info(name, TensorProto.INT64, ["tokens"])
+        for name in ("input_ids", "token_type_ids", "attention_mask")
+    ]
+    node = helper.make_node(
+        "BertTokenizer",
+        ["text"],
+        [o.name for o in outputs],
+        domain="ai.onnx.contrib",
+        vocab_file="\n".join(TOKENIZER_VOCAB),
+        do_lower_case=1,
+        strip_accents=1,
+    )
+    graph = helper.make_graph([node], "tokenizer", [text], outputs)
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.contrib", 1)],
+    )
+    model.ir_version = IR_VERSION
+    onnx.save(model, str(path))
+    return path
