@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "modelplane needs Python 3.11+")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing modelplane and its dependencies into $(VENV) (first run takes a few minutes)"
-	@$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[operator,runtime,export,test]' '$(TORCH)' \
+	@$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[operator,runtime,export,test,extensions]' '$(TORCH)' \
 		2> >(grep -v -e 'is ignored: it is neither' -e 'BuildBackendWarning' >&2 || true)
 	@PYTHONPATH=tests $(BIN)/python -m modelplane_testkit.helm install
 	@touch $(STAMP)

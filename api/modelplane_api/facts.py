@@ -64,6 +64,9 @@ ExecutionProvider = Literal[
 GPU_PROVIDERS: frozenset[str] = frozenset({"TensorrtExecutionProvider", "CUDAExecutionProvider"})
 CPU_PROVIDER: ExecutionProvider = "CPUExecutionProvider"
 GraphOptimizationLevel = Literal["disabled", "basic", "extended", "all"]
+# Custom operator libraries a model may load, by name (never a path from a spec): the
+# package providing each is in the runtime images.
+CustomOperators = Literal["onnxruntime-extensions"]
 
 # --- defaults and bounds of the runtime's settings ------------------------------------------
 

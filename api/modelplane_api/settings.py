@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path, PurePosixPath
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from modelplane_api import facts
-from modelplane_api.facts import ExecutionProvider, GraphOptimizationLevel
+from modelplane_api.facts import CustomOperators, ExecutionProvider, GraphOptimizationLevel
 from modelplane_api.spec import ModelDeployment, is_model_tree
 
 ENV_PREFIX = "MODELPLANE_"
@@ -31,6 +31,7 @@ class RuntimeSettings(BaseSettings):
     # When model_path is a directory: the graph file in it (none: its only .onnx file).
     model_graph: str | None = Field(default=None, min_length=1, max_length=1024)
     execution_providers: Annotated[tuple[ExecutionProvider, ...], NoDecode] = (facts.CPU_PROVIDER,)
+    custom_operators: Annotated[tuple[CustomOperators, ...], NoDecode] = ()
     allow_cpu_fallback: bool = False
     intra_op_threads: int = Field(default=0, ge=0, le=facts.THREADS_LIMIT)
     inter_op_threads: int = Field(default=0, ge=0, le=facts.THREADS_LIMIT)
@@ -88,7 +89,7 @@ class RuntimeSettings(BaseSettings):
             return json.loads(value)
         return value
 
-    @field_validator("execution_providers", mode="before")
+    @field_validator("execution_providers", "custom_operators", mode="before")
     @classmethod
     def _split_providers(cls, value: object) -> object:
         if isinstance(value, str):
@@ -153,6 +154,12 @@ def runtime_settings(md: ModelDeployment) -> RuntimeSettings:
         port=facts.HTTP_PORT,
         request_timeout_seconds=spec.runtime.request_timeout_seconds,
         max_request_bytes=spec.runtime.max_request_bytes,
+        **_only_when_set(custom_operators=tuple(spec.runtime.custom_operators or ())),
         # The operator mounts the access description there (see render.py).
         access_file=Path(facts.ACCESS_DIR) / facts.ACCESS_FILE if spec.restricted else None,
     )
+
+
+def _only_when_set(**values: Any) -> dict[str, Any]:
+    """Settings passed only when not empty, so the pod's environment leaves them out."""
+    return {key: value for key, value in values.items() if value}

@@ -474,6 +474,15 @@ class RuntimeSpec(SpecModel):
     graph_optimization_level: facts.GraphOptimizationLevel = Field(
         default="all", description="onnxruntime's graph optimisation level."
     )
+    custom_operators: list[facts.CustomOperators] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+        description="Custom operator libraries the model needs: onnxruntime-extensions "
+        "(tokenizers, string, audio and image pre-processing inside the graph, domain "
+        "ai.onnx.contrib; in modelplane's runtime images).",
+    )
     threads: Threads = Field(default_factory=Threads, description="onnxruntime's thread pools.")
     batching: Batching = Field(
         default_factory=Batching, description="Adaptive batching of concurrent requests."

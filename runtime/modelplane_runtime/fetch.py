@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
+from typing import Any
 from urllib.parse import urlsplit
 
 from modelplane_api.facts import (
@@ -153,7 +154,7 @@ def _fetch_directory(
         manifest = staged / MANIFEST_FILE
         if _copy_file(uri + MANIFEST_FILE, manifest, 1 << 24) != sha256:
             raise FetchError(f"{uri}{MANIFEST_FILE} does not have the expected sha256 {sha256}")
-        wanted = _read_manifest(manifest)
+        wanted = read_manifest(manifest)
         manifest.unlink()
     if len(wanted) > max_files:
         raise FetchError(f"'{uri}' holds {len(wanted)} files, over the cap of {max_files}")
@@ -169,7 +170,7 @@ def _fetch_directory(
     return sha256
 
 
-def _read_manifest(path: Path) -> dict[str, str | None]:
+def read_manifest(path: Path) -> dict[str, str | None]:
     files: dict[str, str | None] = {}
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
@@ -201,8 +202,9 @@ def _copy_file(uri: str, target: Path, max_bytes: int | None = None) -> str:
     # Over http(s), one streamed GET: fsspec's default is range requests of 5 MiB each,
     # which a server without range support refuses for any file over one block.
     streamed = {"block_size": 0} if urlsplit(uri).scheme in {"http", "https"} else {}
-    with fsspec.open(uri, "rb", **streamed) as source, target.open("wb") as out:
-        progress.total = getattr(source, "size", None)
+    opened = fsspec.open(uri, "rb", **streamed)
+    with opened as source, target.open("wb") as out:
+        progress.total = getattr(source, "size", None) or _size(opened)
         while chunk := source.read(_CHUNK):
             progress.advance(len(chunk))
             if max_bytes is not None and progress.done > max_bytes:
@@ -212,6 +214,15 @@ def _copy_file(uri: str, target: Path, max_bytes: int | None = None) -> str:
         out.flush()
         os.fsync(out.fileno())
     return digest.hexdigest()
+
+
+def _size(opened: Any) -> int | None:
+    """The size the server states (a HEAD over http), for progress; None when it will not."""
+    try:
+        size = opened.fs.size(opened.path)
+    except Exception:  # noqa: BLE001 - progress only: any failure means "unknown"
+        return None
+    return size if isinstance(size, int) else None
 
 
 class _Progress:

@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from modelplane_api.facts import GPU_PROVIDERS
+from modelplane_api.facts import GPU_PROVIDERS, MANIFEST_FILE
 from modelplane_api.settings import RuntimeSettings
-from modelplane_runtime.errors import BadRequest, ServingError
+from modelplane_runtime.errors import BadRequest, FetchError, ServingError
+from modelplane_runtime.fetch import read_manifest
 from modelplane_runtime.protocol import DATATYPES, ONNX_TYPES, RequestInput, tensor_from_wire
 
 log = logging.getLogger("modelplane.runtime")
@@ -130,6 +131,31 @@ def graph_file(directory: Path, name: str | None) -> Path:
     )
 
 
+def verify_model_directory(directory: Path, sha256: str, graph: Path) -> None:
+    """The directory's SHA256SUMS has digest ``sha256``, lists the graph, and every file it
+    lists has its digest; else ModelLoadError naming what differs."""
+    manifest = directory / MANIFEST_FILE
+    if not manifest.is_file():
+        raise ModelLoadError(
+            f"the model directory {directory} has no {MANIFEST_FILE}: model.sha256 of a "
+            f"directory is the digest of its {MANIFEST_FILE} manifest"
+        )
+    if file_sha256(manifest) != sha256:
+        raise ModelLoadError(f"{manifest} does not have the expected sha256 {sha256}")
+    try:
+        listed = read_manifest(manifest)
+    except FetchError as exc:
+        raise ModelLoadError(str(exc)) from None
+    if graph.relative_to(directory).as_posix() not in listed:
+        raise ModelLoadError(f"{MANIFEST_FILE} does not list the graph {graph.name}")
+    for name, expected in listed.items():
+        target = directory / name
+        if not target.resolve().is_relative_to(directory.resolve()) or not target.is_file():
+            raise ModelLoadError(f"{MANIFEST_FILE} lists {name}, which {directory} does not hold")
+        if file_sha256(target) != expected:
+            raise ModelLoadError(f"{target} does not have the sha256 {MANIFEST_FILE} gives")
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as stream:
@@ -139,6 +165,20 @@ def file_sha256(path: Path) -> str:
 
 
 SessionFactory = Callable[[str, ort.SessionOptions, list[str]], Any]
+CUSTOM_DOMAIN = "ai.onnx.contrib"  # onnxruntime-extensions' operators
+
+
+def _custom_operator_library(name: str) -> str:
+    """The shared library of a custom operator package, by its name in the settings."""
+    try:
+        import onnxruntime_extensions  # noqa: PLC0415 - optional: only models that need it
+    except ImportError:
+        raise ModelLoadError(
+            f"custom operators '{name}' are not installed in this runtime image "
+            "(pip install onnxruntime-extensions)"
+        ) from None
+    path: str = onnxruntime_extensions.get_library_path()
+    return path
 
 
 def _create_session(path: str, options: ort.SessionOptions, providers: list[str]) -> Any:
@@ -170,8 +210,13 @@ class OnnxModel:
         session_factory: SessionFactory = _create_session,
     ) -> OnnxModel:
         path = Path(settings.model_path)
-        if path.is_dir():  # fetched from a directory or archive: verified as it was fetched
-            path = graph_file(path, settings.model_graph)
+        if path.is_dir():
+            # A fetched one was verified as it was fetched (no sha256 is set here); one read
+            # in place (pvc://, file://) is verified now, through its manifest.
+            graph = graph_file(path, settings.model_graph)
+            if settings.model_sha256:
+                verify_model_directory(path, settings.model_sha256, graph)
+            path = graph
         elif not path.is_file():
             raise ModelLoadError(f"model file {path} does not exist")
         elif settings.model_sha256:
@@ -197,10 +242,19 @@ class OnnxModel:
         # on every core at once.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        for library in settings.custom_operators:
+            options.register_custom_ops_library(_custom_operator_library(library))
         try:
             session = session_factory(str(path), options, providers)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own hierarchy
-            raise ModelLoadError(f"onnxruntime cannot load {path}: {exc}") from None
+            hint = ""
+            if CUSTOM_DOMAIN in str(exc) and not settings.custom_operators:
+                hint = (
+                    f"; the model uses custom operators (domain {CUSTOM_DOMAIN}): set "
+                    "spec.runtime.customOperators: [onnxruntime-extensions] "
+                    "(MODELPLANE_CUSTOM_OPERATORS)"
+                )
+            raise ModelLoadError(f"onnxruntime cannot load {path}: {exc}{hint}") from None
         provider = check_provider_in_use(
             settings.execution_providers,
             session.get_providers(),

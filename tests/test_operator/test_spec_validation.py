@@ -94,6 +94,11 @@ INVALID: list[tuple[str, Mutation, str]] = [
     ("unknown-nested-field", _set("spec.runtime", {"batching": {"maxBatch": 8}}), "maxBatch"),
     ("short-sha256", _set("spec.model.sha256", "abc123"), "sha256"),
     ("graph-of-a-single-file", _set("spec.model.graph", "model.onnx"), "graph"),
+    (
+        "custom-operators-by-path",
+        _set("spec.runtime.customOperators", ["/usr/lib/libevil.so"]),
+        "customOperators",
+    ),
     ("cache-without-sha256", _set("spec.model.cache", {"claimName": "models"}), "cache"),
     (
         "cache-of-a-pvc-model",

@@ -11,7 +11,12 @@ from modelplane_testkit import onnx_models
 from modelplane_testkit.runtime_server import RuntimeServer, free_port, run_runtime_cli
 
 pytest.importorskip("onnxruntime_extensions", reason="onnxruntime-extensions is not installed")
-EXTENSIONS = {"MODELPLANE_CUSTOM_OPERATORS": "onnxruntime-extensions"}
+# BertTokenizer takes one or two texts: warm up with one, and never merge requests.
+EXTENSIONS = {
+    "MODELPLANE_CUSTOM_OPERATORS": "onnxruntime-extensions",
+    "MODELPLANE_WARMUP_SHAPES": '[{"text": [1]}]',
+    "MODELPLANE_MAX_BATCH_SIZE": "1",
+}
 
 
 def _tokenize(server: RuntimeServer, *texts: str) -> dict[str, list[int]]:
@@ -39,6 +44,7 @@ def test_a_tokenizer_inside_the_graph_is_served(tmp_path: Path) -> None:
 def test_without_the_custom_operators_the_load_fails_saying_what_to_set(tmp_path: Path) -> None:
     model = onnx_models.bert_tokenizer(tmp_path / "tokenizer.onnx")
     termination = tmp_path / "termination-log"
+    termination.touch()  # the kubelet's file, which the runtime writes into
     run = run_runtime_cli(
         "serve", "--model", str(model), "--port", str(free_port()),
         env={"MODELPLANE_TERMINATION_MESSAGE_PATH": str(termination)},

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
+import json
 import logging
 import shutil
 import stat
@@ -284,3 +285,37 @@ def test_the_fetch_logs_its_progress(
         f"fetching {base}/model.zip: {size:.1f} MiB of {size:.1f} MiB (" in r.message
         for r in caplog.records
     ), [r.message for r in caplog.records]
+
+
+def _manifest_serving(model_dir: Path, tmp_path: Path, sha256: str) -> Path:
+    spec = {
+        "apiVersion": "modelplane.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "chain", "namespace": "models"},
+        "spec": {"model": {"uri": f"file://{model_dir}/", "sha256": sha256}},
+    }
+    path = tmp_path / "chain.yaml"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def test_a_directory_read_in_place_is_verified_through_its_manifest(
+    model_dir: Path, tmp_path: Path, logs: Path
+) -> None:
+    """file:// and pvc:// directories are not fetched: the runtime checks them itself."""
+    good = _sha256(model_dir / facts.MANIFEST_FILE)
+    with RuntimeServer(["-f", str(_manifest_serving(model_dir, tmp_path, good))], log_dir=logs):
+        pass  # became live, so it loaded
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(model_dir, tampered)
+    weights = bytearray((tampered / WEIGHTS).read_bytes())
+    weights[10] ^= 0xFF
+    (tampered / WEIGHTS).write_bytes(bytes(weights))
+    run = run_runtime_cli("serve", "-f", str(_manifest_serving(tampered, tmp_path, good)))
+    assert run.returncode == 1
+    assert f"{WEIGHTS} does not have the sha256 SHA256SUMS gives" in run.stderr
+
+    wrong = run_runtime_cli("serve", "-f", str(_manifest_serving(model_dir, tmp_path, "0" * 64)))
+    assert wrong.returncode == 1
+    assert "SHA256SUMS does not have the expected sha256" in wrong.stderr
