@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kopf.testing import KopfRunner
 
 from modelplane_api import facts
@@ -18,6 +19,7 @@ from modelplane_api.access import key_digest, parse_access_table
 from modelplane_testkit.control_plane import ApiServer
 from modelplane_testkit.real_cluster import ApiRefused, RealCluster
 from test_e2e.test_operator_on_real_server import _md, condition, operator_as, wait_for
+from test_operator.samples import SAMPLES_DIR
 
 NS = "consumers"
 Obj = dict[str, Any]
@@ -159,3 +161,14 @@ def test_the_real_crd_refuses_an_over_long_consumer_name(
         admin.create("modelconsumers", obj)
     assert refused.value.status == 422
     assert "metadata.name" in json.dumps(refused.value.body)
+
+
+def test_the_consumer_samples_are_accepted(installed: ApiServer, admin: RealCluster) -> None:
+    admin.namespace("models")
+    samples = sorted((SAMPLES_DIR / "consumers").glob("*.yaml"))
+    assert samples
+    for path in samples:
+        sample = yaml.safe_load(path.read_text())
+        created = admin.create("modelconsumers", sample)
+        assert created["spec"]["models"] == sample["spec"]["models"]
+        admin.delete("modelconsumers", "models", sample["metadata"]["name"])
