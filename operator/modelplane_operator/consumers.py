@@ -32,7 +32,7 @@ from modelplane_operator.applier import is_controlled_by
 from modelplane_operator.kinds import KEY_SECRET, MODEL_CONSUMER
 from modelplane_operator.kube import ApiError, KubeApi
 from modelplane_operator.reconcile import FORBIDDEN_RETRY_SECONDS, RetryLater, SpecRejected
-from modelplane_operator.status import Problem
+from modelplane_operator.status import Problem, status_patch
 
 Obj = dict[str, Any]
 log = logging.getLogger("modelplane.operator")
@@ -172,7 +172,8 @@ def reconcile_consumer(
         if dumped == previous_status:
             return False
         try:
-            api.patch_status(namespace, name, dumped, kind=MODEL_CONSUMER.kind)
+            patch = status_patch(previous_status, dumped)
+            api.patch_status(namespace, name, patch, kind=MODEL_CONSUMER.kind)
         except ApiError as exc:
             if exc.status == 404:
                 return False

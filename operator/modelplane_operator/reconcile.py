@@ -33,7 +33,7 @@ from modelplane_operator.config import OperatorConfig
 from modelplane_operator.kube import ApiError, KubeApi
 from modelplane_operator.metrics import RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES
 from modelplane_operator.render import guaranteed_replicas, render_children, service_url
-from modelplane_operator.status import Problem, compute_status
+from modelplane_operator.status import Problem, compute_status, status_patch
 
 Obj = dict[str, Any]
 log = logging.getLogger("modelplane.operator")
@@ -158,7 +158,7 @@ def _reconcile(
         if status == previous:
             return False
         try:
-            api.patch_status(namespace, name, status)
+            api.patch_status(namespace, name, status_patch(previous, status))
         except ApiError as exc:
             if exc.status == 404:  # deleted meanwhile: nothing to report on
                 return False

@@ -36,6 +36,19 @@ class Problem:
     stalled: bool = True
 
 
+def status_patch(previous: Obj, new: Obj) -> dict[str, Any]:
+    """The merge patch that turns ``previous`` into ``new``: a merge patch keeps every key
+    it does not name, so a key gone from ``new`` (at any depth of maps) is nulled."""
+    patch: dict[str, Any] = {key: None for key in previous if key not in new}
+    for key, value in new.items():
+        before = previous.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            patch[key] = status_patch(before, value)
+        else:
+            patch[key] = value
+    return patch
+
+
 def selector(model_deployment_name: str) -> str:
     return ",".join(f"{k}={v}" for k, v in names.selector_labels(model_deployment_name).items())
 

@@ -386,3 +386,25 @@ def test_the_runtime_enforces_what_the_operator_wrote(cluster: Cluster, tmp_path
         late = _key(cluster, "late-key")
         _published(cluster, mounted, "relu", lambda t: _digests(t, "late"), "the late consumer")
         _eventually_status(server, late, 200)
+
+
+def test_a_field_dropped_from_the_spec_leaves_the_status(cluster: Cluster) -> None:
+    cluster.create("modelconsumers", _consumer("team-a", ["*"], key={"rotation": "r1"}))
+    wait_for(
+        lambda: (
+            (cluster.get("modelconsumers", NS, "team-a") or {}).get("status", {}).get("rotation")
+            == "r1"
+        ),
+        "the rotation in status",
+        WAIT,
+    )
+    first = key_digest(_key(cluster, "team-a-key"))
+    cluster.patch("modelconsumers", NS, "team-a", {"spec": {"key": {"rotation": None}}})
+    wait_for(
+        lambda: "rotation" not in (cluster.get("modelconsumers", NS, "team-a") or {})["status"],
+        "the rotation gone from status",
+        WAIT,
+    )
+    # Unsetting the rotation is a change of it: a new key, the old one in its overlap.
+    keys = (cluster.get("modelconsumers", NS, "team-a") or {})["status"]["keys"]
+    assert [k["sha256"] for k in keys][1:] == [first]

@@ -12,6 +12,7 @@ import pytest
 from modelplane_operator.config import OperatorConfig
 from modelplane_operator.kube import ApiError
 from modelplane_operator.reconcile import ClusterView, RetryLater, SpecRejected, reconcile
+from modelplane_operator.status import status_patch
 from test_operator.samples import minimal
 
 Obj = dict[str, Any]
@@ -141,3 +142,14 @@ def test_refusals_by_class(code: int, raised: type[Exception], reason: str | Non
         assert _ready(api)["reason"] == reason
         reconciling = next(c for c in api.statuses[-1]["conditions"] if c["type"] == "Reconciling")
         assert reconciling["status"] == ("True" if reason == "ApplyFailed" else "False")
+
+
+def test_a_status_field_that_goes_away_is_nulled_in_the_patch() -> None:
+    """A merge patch keeps what it does not name; the status must not keep stale fields."""
+    previous = {"model": {"uri": "s3://b/m.onnx", "cache": "hit"}, "url": "http://x"}
+    new = {"model": {"uri": "s3://b/m.onnx"}, "replicas": 1}
+    assert status_patch(previous, new) == {
+        "model": {"uri": "s3://b/m.onnx", "cache": None},
+        "url": None,
+        "replicas": 1,
+    }
