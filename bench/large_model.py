@@ -20,7 +20,6 @@ size in free disk and 2x in memory.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import http.server
 import json
 import os
@@ -44,6 +43,7 @@ REPO = BENCH.parent
 RESULTS = BENCH / "results"
 sys.path.insert(0, str(REPO / "tests"))
 
+from modelplane_runtime.fetch import file_sha256  # noqa: E402
 from modelplane_testkit.runtime_server import free_port  # noqa: E402
 
 WIDTH = 1024
@@ -87,18 +87,10 @@ def build(folder: Path, gib: float) -> tuple[int, int]:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     (folder / "model.onnx").write_bytes(model.SerializeToString())
-    manifest = "".join(f"{_sha256(folder / n)}  {n}\n" for n in ("model.onnx", WEIGHTS))
+    manifest = "".join(f"{file_sha256(folder / n)}  {n}\n" for n in ("model.onnx", WEIGHTS))
     (folder / "SHA256SUMS").write_text(manifest)
     onnx.checker.check_model(str(folder / "model.onnx"))
     return rows, size
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as source:
-        while chunk := source.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _serve_folder(root: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
@@ -196,7 +188,7 @@ def main() -> int:
         started = time.perf_counter()
         rows, size = build(work / "origin" / "model", args.gib)
         print(f"  built in {time.perf_counter() - started:.0f}s ({rows} rows)")
-        digest = _sha256(work / "origin" / "model" / "SHA256SUMS")
+        digest = file_sha256(work / "origin" / "model" / "SHA256SUMS")
         server, base = _serve_folder(work / "origin")
         url = f"{base}/model/"
         cache = work / "cache"

@@ -14,7 +14,7 @@ import datetime
 from collections import Counter
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from modelplane_api import access, names
 from modelplane_api.spec import (
@@ -23,7 +23,7 @@ from modelplane_api.spec import (
     CrossFieldRule,
     DnsSubdomain,
     InvalidSpecError,
-    ObjectMeta,
+    NamedResource,
     SpecModel,
     StatusModel,
     problem_lines,
@@ -161,22 +161,11 @@ class ModelConsumerStatus(StatusModel):
     )
 
 
-class ModelConsumer(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class ModelConsumer(NamedResource):
     api_version: Literal["modelplane.io/v1alpha1"] = Field(alias="apiVersion")
     kind: Literal["ModelConsumer"]
-    metadata: ObjectMeta
     spec: ModelConsumerSpec
     status: dict[str, Any] | None = None
-
-    @property
-    def name(self) -> str:
-        return str(self.metadata.name)
-
-    @property
-    def namespace(self) -> str:
-        return self.metadata.namespace
 
     @property
     def key_secret_name(self) -> str:

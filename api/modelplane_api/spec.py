@@ -864,14 +864,12 @@ class ObjectMeta(BaseModel):
     annotations: dict[str, str] = Field(default_factory=dict)
 
 
-class ModelDeployment(BaseModel):
+class NamedResource(BaseModel):
+    """What every modelplane resource has: its metadata, read by name and namespace."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    api_version: Literal["modelplane.io/v1alpha1"] = Field(alias="apiVersion")
-    kind: Literal["ModelDeployment"]
     metadata: ObjectMeta
-    spec: ModelDeploymentSpec
-    status: dict[str, Any] | None = None
 
     @property
     def name(self) -> str:
@@ -880,6 +878,13 @@ class ModelDeployment(BaseModel):
     @property
     def namespace(self) -> str:
         return self.metadata.namespace
+
+
+class ModelDeployment(NamedResource):
+    api_version: Literal["modelplane.io/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["ModelDeployment"]
+    spec: ModelDeploymentSpec
+    status: dict[str, Any] | None = None
 
 
 class InvalidSpecError(ValueError):

@@ -32,7 +32,7 @@ from modelplane_operator.applier import is_controlled_by
 from modelplane_operator.kinds import KEY_SECRET, MODEL_CONSUMER
 from modelplane_operator.kube import ApiError, KubeApi
 from modelplane_operator.reconcile import FORBIDDEN_RETRY_SECONDS, RetryLater, SpecRejected
-from modelplane_operator.status import Problem, status_patch
+from modelplane_operator.status import Problem, Verdict, kstatus_conditions, status_patch
 
 Obj = dict[str, Any]
 log = logging.getLogger("modelplane.operator")
@@ -326,28 +326,9 @@ def consumer_conditions(
     detail: str,
     now: datetime.datetime,
 ) -> list[Condition]:
-    old = {c.get("type"): c for c in previous.get("conditions", [])}
-    ready = problem is None
-    stalled = problem is not None and problem.stalled
-    reconciling = not ready and not stalled
-    reason = problem.reason if problem else "KeyIssued"
-    message = problem.message if problem else detail
-
-    def condition(kind: str, true: bool, why: str, text: str) -> Condition:
-        status = "True" if true else "False"
-        before = old.get(kind, {})
-        since = before.get("lastTransitionTime") if before.get("status") == status else None
-        return Condition(
-            type=kind,
-            status=status,
-            observed_generation=generation,
-            last_transition_time=since or _timestamp(now),
-            reason=why,
-            message=text,
-        )
-
-    return [
-        condition("Ready", ready, reason, message),
-        condition("Reconciling", reconciling, reason if reconciling else "Settled", ""),
-        condition("Stalled", stalled, reason if stalled else "Settled", message if stalled else ""),
-    ]
+    verdict = (
+        Verdict(False, problem.reason, problem.message, problem.stalled)
+        if problem is not None
+        else Verdict(True, "KeyIssued", detail)
+    )
+    return kstatus_conditions(previous, generation, verdict, _timestamp(now))

@@ -154,6 +154,10 @@ def _crd(
 
 
 READY = '.status.conditions[?(@.type=="Ready")]'
+READY_COLUMNS = [
+    {"name": "Ready", "type": "string", "jsonPath": READY + ".status"},
+    {"name": "Reason", "type": "string", "jsonPath": READY + ".reason"},
+]
 
 
 def build_crd() -> dict[str, Any]:
@@ -166,8 +170,7 @@ def build_crd() -> dict[str, Any]:
         spec=ModelDeploymentSpec,
         status=ModelDeploymentStatus,
         columns=[
-            {"name": "Ready", "type": "string", "jsonPath": READY + ".status"},
-            {"name": "Reason", "type": "string", "jsonPath": READY + ".reason"},
+            *READY_COLUMNS,
             {"name": "URL", "type": "string", "jsonPath": ".status.url"},
             {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
             {"name": "GPU", "type": "integer", "jsonPath": ".spec.resources.gpu.count"},
@@ -195,8 +198,7 @@ def build_consumer_crd() -> dict[str, Any]:
         spec=ModelConsumerSpec,
         status=ModelConsumerStatus,
         columns=[
-            {"name": "Ready", "type": "string", "jsonPath": READY + ".status"},
-            {"name": "Reason", "type": "string", "jsonPath": READY + ".reason"},
+            *READY_COLUMNS,
             {"name": "Key", "type": "string", "jsonPath": ".status.keys[0].fingerprint"},
             {"name": "Secret", "type": "string", "jsonPath": ".status.keySecretName"},
         ],

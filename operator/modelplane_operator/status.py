@@ -188,6 +188,44 @@ def judge_deployment(  # noqa: PLR0911 - one early answer per reason reads best
     return Verdict(False, "Progressing", f"{available} of {wanted} replicas available")
 
 
+def kstatus_conditions(
+    previous: Obj, generation: int, verdict: Verdict, now: str
+) -> list[Condition]:
+    """Ready, Reconciling and Stalled for ``verdict``; a condition keeps its
+    lastTransitionTime while its status stays the same."""
+    reconciling = not verdict.ready and not verdict.stalled
+    old = {c.get("type"): c for c in previous.get("conditions", [])}
+
+    def condition(kind: str, true: bool, reason: str, message: str) -> Condition:
+        status = "True" if true else "False"
+        before = old.get(kind, {})
+        since = before.get("lastTransitionTime") if before.get("status") == status else None
+        return Condition(
+            type=kind,
+            status=status,
+            observed_generation=generation,
+            last_transition_time=since or now,
+            reason=reason,
+            message=message,
+        )
+
+    return [
+        condition("Ready", verdict.ready, verdict.reason, verdict.message),
+        condition(
+            "Reconciling",
+            reconciling,
+            verdict.reason if reconciling else "Settled",
+            verdict.message if reconciling else "",
+        ),
+        condition(
+            "Stalled",
+            verdict.stalled,
+            verdict.reason if verdict.stalled else "Settled",
+            verdict.message if verdict.stalled else "",
+        ),
+    ]
+
+
 def compute_status(
     *,
     name: str,
@@ -205,22 +243,6 @@ def compute_status(
         if problem is not None
         else judge_deployment(deployment, pods)
     )
-    reconciling = not verdict.ready and not verdict.stalled
-    old = {c.get("type"): c for c in previous.get("conditions", [])}
-
-    def condition(kind: str, true: bool, reason: str, message: str) -> Condition:
-        status = "True" if true else "False"
-        before = old.get(kind, {})
-        since = before.get("lastTransitionTime") if before.get("status") == status else None
-        return Condition(
-            type=kind,
-            status=status,
-            observed_generation=generation,
-            last_transition_time=since or now,
-            reason=reason,
-            message=message,
-        )
-
     deployment_status = (deployment or {}).get("status", {})
     if model is not None and (cached := cache_outcome(pods)) is not None:
         model = model.model_copy(update={"cache": cached})
@@ -231,21 +253,7 @@ def compute_status(
         ready_replicas=deployment_status.get("readyReplicas", 0),
         selector=selector(name),
         model=model if model is not None else previous.get("model"),
-        conditions=[
-            condition("Ready", verdict.ready, verdict.reason, verdict.message),
-            condition(
-                "Reconciling",
-                reconciling,
-                verdict.reason if reconciling else "Settled",
-                verdict.message if reconciling else "",
-            ),
-            condition(
-                "Stalled",
-                verdict.stalled,
-                verdict.reason if verdict.stalled else "Settled",
-                verdict.message if verdict.stalled else "",
-            ),
-        ],
+        conditions=kstatus_conditions(previous, generation, verdict, now),
     )
     dumped: dict[str, Any] = status.model_dump(by_alias=True, exclude_none=True)
     return dumped

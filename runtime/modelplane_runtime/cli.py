@@ -8,7 +8,6 @@ In a pod, ``serve`` with no arguments reads every setting from MODELPLANE_*.
 from __future__ import annotations
 
 import argparse
-import contextlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -85,6 +84,7 @@ def _fetch(args: argparse.Namespace) -> int:
 
 def _fetch_cached(args: argparse.Namespace, *, tree: bool) -> int:
     from modelplane_runtime.fetch import fetch, fetch_tree
+    from modelplane_runtime.logs import write_termination_message
     from modelplane_runtime.model_cache import fetch_through_cache
 
     if args.sha256 is None:
@@ -111,16 +111,10 @@ def _fetch_cached(args: argparse.Namespace, *, tree: bool) -> int:
         max_bytes=args.cache_max_bytes,
     )
     print(f"fetched {args.uri} -> {args.destination} (sha256 {args.sha256}, cache {outcome})")
-    _report(facts.MODEL_CACHE_REPORT + outcome)
+    write_termination_message(
+        Path(facts.TERMINATION_MESSAGE_PATH), facts.MODEL_CACHE_REPORT + outcome
+    )
     return 0
-
-
-def _report(message: str) -> None:
-    """The init container's termination message: the operator puts it into status."""
-    path = Path(facts.TERMINATION_MESSAGE_PATH)
-    if path.is_file():  # the kubelet mounts it; elsewhere there is none to write
-        with contextlib.suppress(OSError):
-            path.write_text(message)
 
 
 def _export(args: argparse.Namespace) -> int:

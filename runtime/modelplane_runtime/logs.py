@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from pathlib import Path
 
 
 def configure_logging() -> None:
@@ -15,3 +17,11 @@ def configure_logging() -> None:
     # malformed request at WARNING (a hostile client could fill the log); only its errors
     # are kept. The runtime says what it serves, and when it drains, itself.
     logging.getLogger("uvicorn.error").setLevel(logging.ERROR)
+
+
+def write_termination_message(path: Path, message: str) -> None:
+    """In a pod, a container's last word (the kubelet mounts the file; the operator reads it
+    into status); elsewhere there is no file, and nothing is written."""
+    if path.is_file():
+        with contextlib.suppress(OSError):
+            path.write_text(message[:4000])

@@ -6,7 +6,6 @@ Nothing here knows about HTTP or BentoML; the service maps requests onto
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import onnxruntime as ort
 from modelplane_api.facts import GPU_PROVIDERS, MANIFEST_FILE
 from modelplane_api.settings import RuntimeSettings
 from modelplane_runtime.errors import BadRequest, FetchError, ServingError
-from modelplane_runtime.fetch import read_manifest
+from modelplane_runtime.fetch import file_sha256, read_manifest
 from modelplane_runtime.protocol import DATATYPES, ONNX_TYPES, RequestInput, tensor_from_wire
 
 log = logging.getLogger("modelplane.runtime")
@@ -154,14 +153,6 @@ def verify_model_directory(directory: Path, sha256: str, graph: Path) -> None:
             raise ModelLoadError(f"{MANIFEST_FILE} lists {name}, which {directory} does not hold")
         if file_sha256(target) != expected:
             raise ModelLoadError(f"{target} does not have the sha256 {MANIFEST_FILE} gives")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 SessionFactory = Callable[[str, ort.SessionOptions, list[str]], Any]

@@ -31,6 +31,7 @@ from typing import Literal
 from modelplane_api.facts import FETCHED_MODEL_FILE
 from modelplane_runtime.archives import replace_directory
 from modelplane_runtime.errors import NO_ROOM_ERRNOS, FetchError, NoRoom
+from modelplane_runtime.fetch import file_sha256
 
 log = logging.getLogger("modelplane.fetch")
 
@@ -156,16 +157,8 @@ def _files(entry: Path) -> list[Path]:
     return sorted(p for p in entry.rglob("*") if p.is_file() and p.name != FILES)
 
 
-def _digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as source:
-        while chunk := source.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _manifest(entry: Path) -> str:
-    return "".join(f"{_digest(p)}  {p.relative_to(entry).as_posix()}\n" for p in _files(entry))
+    return "".join(f"{file_sha256(p)}  {p.relative_to(entry).as_posix()}\n" for p in _files(entry))
 
 
 def _listed(entry: Path) -> dict[str, str]:

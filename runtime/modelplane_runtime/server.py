@@ -11,11 +11,9 @@ timeout), the batcher drains, then the process exits.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import signal
 import sys
-from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -31,7 +29,7 @@ from modelplane_api.access import InvalidAccessTable
 from modelplane_runtime.access import AccessControl
 from modelplane_runtime.connections import ConnectionLimits, guarded_protocol
 from modelplane_runtime.errors import AccessFileError
-from modelplane_runtime.logs import configure_logging
+from modelplane_runtime.logs import configure_logging, write_termination_message
 from modelplane_runtime.memory import use_mmap_for_large_blocks
 from modelplane_runtime.metrics import AccessMetrics
 from modelplane_runtime.middleware import lean
@@ -83,7 +81,10 @@ def serve(settings: RuntimeSettings) -> None:
     try:
         engine.load()
     except ModelLoadError as exc:
-        _report_load_failure(settings.termination_message_path, exc.message)
+        # The operator puts it into the ModelDeployment's status (reason ModelLoadFailed).
+        write_termination_message(
+            settings.termination_message_path, f"{facts.MODEL_LOAD_FAILED}: {exc.message}"
+        )
         raise
     app = build_service(engine).to_asgi(is_main=True)
     answer_errors_as_json(app)
@@ -131,15 +132,6 @@ def _access_control(settings: RuntimeSettings) -> AccessControl | None:
     except InvalidAccessTable as exc:
         raise AccessFileError(f"access file {settings.access_file} is invalid: {exc}") from None
     return access
-
-
-def _report_load_failure(path: Path, message: str) -> None:
-    """In a pod, say why in the container's termination message, where the operator reads
-    it into the ModelDeployment's status (reason ModelLoadFailed); the command line prints
-    it too, as its one line on stderr."""
-    if path.exists():
-        with contextlib.suppress(OSError):
-            path.write_text(f"{facts.MODEL_LOAD_FAILED}: {message}"[:4000])
 
 
 def _drained(sig: int, frame: FrameType | None) -> None:

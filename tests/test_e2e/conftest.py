@@ -10,13 +10,16 @@ import gc
 import os
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from kopf.testing import KopfRunner
 
 from modelplane_testkit import helm
 from modelplane_testkit.control_plane import CLUSTER_ENV, ApiServer, control_plane
 from modelplane_testkit.kubelet import KubeletPlayer
+from modelplane_testkit.operator_harness import OPERATOR_ARGS
 from modelplane_testkit.real_cluster import RealCluster
 
 REPO = Path(__file__).resolve().parents[2]
@@ -114,3 +117,28 @@ def kubelet(api_server: ApiServer) -> Iterator[KubeletPlayer]:
     player.register_node("cpu-2")
     with player:
         yield player
+
+
+@contextmanager
+def operator_as(
+    server: ApiServer,
+    token: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str] | None = None,
+) -> Iterator[KopfRunner]:
+    kubeconfig = server.kubeconfig_for(tmp_path / "operator.kubeconfig", token)
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.setenv("MODELPLANE_OPERATOR_METRICS_PORT", "0")
+    with KopfRunner(args or OPERATOR_ARGS, timeout=120) as runner:
+        yield runner
+    assert runner.exception is None, runner.output
+    assert runner.exit_code == 0, runner.output
+
+
+@pytest.fixture
+def operator(
+    installed: ApiServer, operator_token: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[KopfRunner]:
+    with operator_as(installed, operator_token, tmp_path, monkeypatch) as runner:
+        yield runner

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,19 +16,11 @@ from modelplane_api import facts
 from modelplane_api.access import key_digest, parse_access_table
 from modelplane_testkit.control_plane import ApiServer
 from modelplane_testkit.real_cluster import ApiRefused, RealCluster
-from test_e2e.test_operator_on_real_server import _md, condition, operator_as, wait_for
+from test_e2e.test_operator_on_real_server import _md, condition, wait_for
 from test_operator.samples import SAMPLES_DIR
 
 NS = "consumers"
 Obj = dict[str, Any]
-
-
-@pytest.fixture
-def operator(
-    installed: ApiServer, operator_token: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[KopfRunner]:
-    with operator_as(installed, operator_token, tmp_path, monkeypatch) as runner:
-        yield runner
 
 
 def _consumer(name: str, models: list[str], **spec: Any) -> Obj:

@@ -6,8 +6,7 @@ kubelet, and the API server's audit log counts every write."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,10 +16,9 @@ from kopf.testing import KopfRunner
 from modelplane_testkit import helm
 from modelplane_testkit.control_plane import ApiServer, describe, writes_by
 from modelplane_testkit.kubelet import FETCH_FAILURE, LOAD_FAILURE, KubeletPlayer
-from modelplane_testkit.operator_harness import OPERATOR_ARGS
 from modelplane_testkit.operator_harness import wait_for as harness_wait_for
 from modelplane_testkit.real_cluster import RealCluster
-from test_e2e.conftest import OPERATOR_USER, account_token, helm_install, local_only
+from test_e2e.conftest import OPERATOR_USER, account_token, helm_install, local_only, operator_as
 from test_operator.samples import minimal
 
 T = TypeVar("T")
@@ -43,31 +41,6 @@ def wait_generation(admin: RealCluster, namespace: str, generation: int) -> None
         ),
         f"observedGeneration {generation} in {namespace}",
     )
-
-
-@contextmanager
-def operator_as(
-    server: ApiServer,
-    token: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    args: list[str] | None = None,
-) -> Iterator[KopfRunner]:
-    kubeconfig = server.kubeconfig_for(tmp_path / "operator.kubeconfig", token)
-    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-    monkeypatch.setenv("MODELPLANE_OPERATOR_METRICS_PORT", "0")
-    with KopfRunner(args or OPERATOR_ARGS, timeout=120) as runner:
-        yield runner
-    assert runner.exception is None, runner.output
-    assert runner.exit_code == 0, runner.output
-
-
-@pytest.fixture
-def operator(
-    installed: ApiServer, operator_token: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[KopfRunner]:
-    with operator_as(installed, operator_token, tmp_path, monkeypatch) as runner:
-        yield runner
 
 
 def _md(namespace: str, name: str = "demo", **spec: Obj | int) -> Obj:

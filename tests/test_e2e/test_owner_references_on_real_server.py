@@ -19,9 +19,10 @@ from test_e2e.conftest import (
     RELEASE_NAMESPACE,
     account_token,
     helm_install,
+    operator_as,
     start_or_skip,
 )
-from test_e2e.test_operator_on_real_server import _md, operator_as, ready, wait_for, wait_reason
+from test_e2e.test_operator_on_real_server import _md, ready, wait_for, wait_reason
 
 PLUGIN = "OwnerReferencesPermissionEnforcement"
 NS = "openshift-like"
