@@ -31,7 +31,12 @@ from modelplane_api.spec import Condition, InvalidSpecError
 from modelplane_operator.applier import is_controlled_by
 from modelplane_operator.kinds import KEY_SECRET, MODEL_CONSUMER
 from modelplane_operator.kube import ApiError, KubeApi
-from modelplane_operator.reconcile import FORBIDDEN_RETRY_SECONDS, RetryLater, SpecRejected
+from modelplane_operator.reconcile import (
+    FORBIDDEN_RETRY_SECONDS,
+    RetryLater,
+    SpecRejected,
+    owner_reference,
+)
 from modelplane_operator.status import Problem, Verdict, kstatus_conditions, status_patch
 
 Obj = dict[str, Any]
@@ -53,17 +58,6 @@ class ConsumerResult:
 
 def _timestamp(moment: datetime.datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _owner_reference(body: Mapping[str, Any]) -> Obj:
-    return {
-        "apiVersion": names.API_VERSION,
-        "kind": names.CONSUMER_KIND,
-        "name": body["metadata"]["name"],
-        "uid": body["metadata"]["uid"],
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
 
 
 def _encoded(key: str) -> str:
@@ -96,7 +90,7 @@ def _new_secret(consumer: ModelConsumer, body: Mapping[str, Any], rotation: str)
                 names.LABEL_INSTANCE: consumer.name,
             },
             "annotations": {ROTATION_ANNOTATION: rotation},
-            "ownerReferences": [_owner_reference(body)],
+            "ownerReferences": [owner_reference(body)],
         },
         "data": {KEY_SECRET_DATA: _encoded(access.new_key())},
     }

@@ -87,9 +87,10 @@ def _now() -> str:
 
 
 def owner_reference(body: Mapping[str, Any]) -> Obj:
+    """The controller reference a child carries to its ModelDeployment or ModelConsumer."""
     return {
         "apiVersion": names.API_VERSION,
-        "kind": names.KIND,
+        "kind": body.get("kind") or names.KIND,
         "name": body["metadata"]["name"],
         "uid": body["metadata"]["uid"],
         "controller": True,
