@@ -36,7 +36,7 @@ Arrays = dict[str, np.ndarray[Any, Any]]
 Outputs = list[np.ndarray[Any, Any]]
 
 
-@dataclass
+@dataclass(slots=True)
 class Usage:
     """What one request costs: its rows, and their share of its batch's run time."""
 

@@ -340,7 +340,7 @@ class InferFastPath:
             if scope["method"] == "POST":
                 params = {k: v for k, v in found.groupdict().items() if v}
                 if self.access is not None and (
-                    refusal := _refusal(self.access, params["name"], scope)
+                    refusal := _refusal(self.access, params["name"], scope, inference=True)
                 ):
                     await refusal(scope, receive, send)
                     return
@@ -376,16 +376,19 @@ class AccessGuard:
             await self.app(scope, receive, send)
             return
         found = _MODEL_IN_PATH.match(scope["path"])
-        refusal = _refusal(self.access, found.group("name") if found else None, scope)
+        model = found.group("name") if found else None
+        refusal = _refusal(self.access, model, scope, inference=scope["path"].endswith("/infer"))
         await (refusal or self.app)(scope, receive, send)
 
 
-def _refusal(access: AccessControl, model: str | None, scope: Scope) -> Response | None:
+def _refusal(
+    access: AccessControl, model: str | None, scope: Scope, *, inference: bool
+) -> Response | None:
     """None when the request's key admits it (its consumer then in the scope), else the
     answer that refuses it."""
     try:
         scope[CONSUMER] = access.admit(
-            _header(scope, b"authorization"), model, inference=scope["path"].endswith("/infer")
+            _raw_header(scope, b"authorization"), model, inference=inference
         )
     except ServingError as refused:
         headers = refused.headers
@@ -403,9 +406,14 @@ def _large_or_unknown_body(scope: Scope) -> bool:
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
+    value = _raw_header(scope, name)
+    return None if value is None else value.decode("latin-1")
+
+
+def _raw_header(scope: Scope, name: bytes) -> bytes | None:
     for key, value in scope["headers"]:
         if key == name:
-            return bytes(value).decode("latin-1")
+            return bytes(value)
     return None
 
 

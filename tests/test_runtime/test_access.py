@@ -113,6 +113,37 @@ def test_a_request_without_a_valid_key_is_401_with_a_bearer_challenge(
     assert server.metric("modelplane_access_refused_total", model="relu", reason="unknown_key") >= 1
 
 
+@pytest.mark.parametrize(
+    ("header", "status", "reason"),
+    [
+        (f"bearer {KEYS['alpha']}", 200, None),  # RFC 6750: the scheme is case-insensitive
+        (f"BEARER {KEYS['alpha']}", 200, None),
+        (f"Bearer {KEYS['alpha']} extra", 401, "malformed"),
+        (f"Bearer  {KEYS['alpha']}", 401, "malformed"),
+        (f"Bearer {KEYS['alpha']}x", 401, "unknown_key"),
+        ("Bearer " + "k" * 600, 401, "malformed"),  # over the bound: refused unhashed
+        (f"Bearer {KEYS['alpha'][:-1]}\xe9", 401, "malformed"),
+        ("Bearer", 401, "malformed"),
+    ],
+)
+def test_the_authorization_header_is_read_strictly(
+    server: RuntimeServer, header: str, status: int, reason: str | None
+) -> None:
+    before = server.metric("modelplane_access_refused_total", model="relu", reason=reason or "")
+    answer = server.post(
+        "/v2/models/relu/infer",
+        json=_rows(1),
+        headers={"Authorization": header.encode("latin-1")},
+    )
+    assert answer.status_code == status, answer.text
+    if reason is not None:
+        expected = "invalid_request" if reason == "malformed" else "invalid_token"
+        assert f'error="{expected}"' in answer.headers["WWW-Authenticate"]
+        after = server.metric("modelplane_access_refused_total", model="relu", reason=reason)
+        assert after == before + 1
+    assert server.get(facts.LIVE_PATH).status_code == 200
+
+
 def test_probes_and_metrics_need_no_key_but_metadata_does(server: RuntimeServer) -> None:
     for path in (facts.LIVE_PATH, facts.READY_PATH, facts.METRICS_PATH):
         assert server.get(path).status_code == 200, path
