@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 CODE := $(wildcard api operator runtime tests bench)
 
-.PHONY: demo test lint typecheck unit crd manifests golden bench bench-versus bench-large bench-operator bench-operator-real clean e2e
+.PHONY: demo test lint typecheck unit crd manifests golden bench bench-versus bench-access bench-large bench-operator bench-operator-real clean e2e
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "modelplane needs Python 3.11+")'
@@ -76,6 +76,11 @@ bench: $(STAMP)
 BASELINE ?= HEAD
 bench-versus: $(STAMP)
 	$(BIN)/python bench/runtime_versus.py --baseline $(BASELINE)
+
+# What checking keys costs: the model restricted to one consumer against it open, both on
+# one core at once, 10 rounds (~3 min); writes bench/results/runtime_access_cost.json.
+bench-access: $(STAMP)
+	$(BIN)/python bench/runtime_versus.py --restricted --rounds 10
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
