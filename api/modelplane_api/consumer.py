@@ -56,7 +56,8 @@ class ConsumerKeySpec(SpecModel):
         max_length=253,
         description=f"The Secret the operator creates, holding the key under "
         f"`{KEY_SECRET_DATA}`; defaults to <name>{KEY_SECRET_SUFFIX}. It must not exist "
-        "already unless this ModelConsumer created it.",
+        "already unless this ModelConsumer created it. Changing it issues a new key there; "
+        "the key in the Secret named before keeps working for overlapSeconds.",
     )
     rotation: str | None = Field(
         default=None,

@@ -15,6 +15,7 @@ import base64
 import binascii
 import datetime
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ from modelplane_api.consumer import (
     ModelConsumerStatus,
     parse_model_consumer,
 )
+from modelplane_api.facts import SHA256_PATTERN
 from modelplane_api.spec import Condition, InvalidSpecError
 from modelplane_operator.applier import is_controlled_by
 from modelplane_operator.kinds import KEY_SECRET, MODEL_CONSUMER
@@ -76,7 +78,9 @@ def _stored_key(secret: Mapping[str, Any]) -> str | None:
     return key if 0 < len(key) <= MAX_KEY_BYTES and key.isprintable() else None
 
 
-def _new_secret(consumer: ModelConsumer, body: Mapping[str, Any], rotation: str) -> Obj:
+def _new_secret(
+    consumer: ModelConsumer, body: Mapping[str, Any], rotation: str, previous: dict[str, str]
+) -> Obj:
     return {
         "apiVersion": "v1",
         "kind": KEY_SECRET.kind,
@@ -89,7 +93,7 @@ def _new_secret(consumer: ModelConsumer, body: Mapping[str, Any], rotation: str)
                 names.LABEL_PART_OF: names.PART_OF,
                 names.LABEL_INSTANCE: consumer.name,
             },
-            "annotations": {ROTATION_ANNOTATION: rotation},
+            "annotations": {ROTATION_ANNOTATION: rotation, **previous},
             "ownerReferences": [owner_reference(body)],
         },
         "data": {KEY_SECRET_DATA: _encoded(access.new_key())},
@@ -234,9 +238,14 @@ def _ensure_key(
             "ModelConsumer: set spec.key.secretName to a free name, or delete that Secret"
         )
     if secret is None:
-        created = api.create(_new_secret(consumer, body, rotation))
+        moved = _moved_key(body, consumer, now)
+        created = api.create(_new_secret(consumer, body, rotation, moved))
         log.info(
-            "ModelConsumer %s/%s: key issued into Secret %s", namespace, consumer.name, secret_name
+            "ModelConsumer %s/%s: key issued into Secret %s%s",
+            namespace,
+            consumer.name,
+            secret_name,
+            " (the key of the Secret named before works for the overlap)" if moved else "",
         )
         return created, True
     annotations = secret["metadata"].get("annotations") or {}
@@ -258,6 +267,25 @@ def _ensure_key(
         }
         return api.merge_patch(KEY_SECRET.kind, namespace, secret_name, patch), True
     return secret, False
+
+
+def _moved_key(
+    body: Mapping[str, Any], consumer: ModelConsumer, now: datetime.datetime
+) -> dict[str, str]:
+    """When ``spec.key.secretName`` changed, the key in the Secret it named before keeps
+    working for the overlap, as in a rotation: the applications reading that Secret have
+    until then to read the new one. (That Secret stays, owned, until the consumer goes:
+    the operator cannot delete Secrets.)"""
+    status = body.get("status") or {}
+    before, keys = status.get("keySecretName"), status.get("keys") or []
+    overlap = consumer.spec.key.overlap_seconds
+    if overlap <= 0 or not before or before == consumer.key_secret_name or not keys:
+        return {}
+    digest = keys[0].get("sha256") if isinstance(keys[0], dict) else None
+    if not isinstance(digest, str) or not re.fullmatch(SHA256_PATTERN, digest):
+        return {}
+    not_after = _timestamp(now + datetime.timedelta(seconds=overlap))
+    return {PREVIOUS_KEY_ANNOTATION: digest, PREVIOUS_NOT_AFTER_ANNOTATION: not_after}
 
 
 def _outcome(

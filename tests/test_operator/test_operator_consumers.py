@@ -209,6 +209,35 @@ def test_rotation_keeps_the_old_key_for_the_overlap_then_drops_it(
     assert len((cluster.get("modelconsumers", NS, "team-a") or {})["status"]["keys"]) == 1
 
 
+def test_a_key_moved_to_another_secret_keeps_the_old_one_for_the_overlap(
+    cluster: Cluster,
+) -> None:
+    cluster.create("modeldeployments", _md("sentiment"))
+    cluster.create("modelconsumers", _consumer("team-a", ["*"], key={"overlapSeconds": 3}))
+    old = key_digest(_key(cluster, "team-a-key"))
+    wait_for(
+        lambda: _digests(_table(cluster, "sentiment"), "team-a") == [old], "the first key", WAIT
+    )
+    moved = {"spec": {"key": {"secretName": "team-a-moved", "overlapSeconds": 3}}}
+    cluster.patch("modelconsumers", NS, "team-a", moved)
+    new = key_digest(_key(cluster, "team-a-moved"))
+    assert new != old
+    wait_for(
+        lambda: _digests(_table(cluster, "sentiment"), "team-a") == [new, old],
+        "both keys during the overlap",
+        WAIT,
+    )
+    status = (cluster.get("modelconsumers", NS, "team-a") or {})["status"]
+    assert status["keySecretName"] == "team-a-moved"
+    assert "notAfter" in status["keys"][1]
+    wait_for(
+        lambda: _digests(_table(cluster, "sentiment"), "team-a") == [new],
+        "the old key dropped",
+        WAIT,
+    )
+    assert cluster.get("secrets", NS, "team-a-key") is not None  # owned; goes with the consumer
+
+
 def test_deleting_the_consumer_revokes_its_key(cluster: Cluster) -> None:
     cluster.create("modeldeployments", _md("sentiment"))
     cluster.create("modelconsumers", _consumer("team-a", ["sentiment"]))
