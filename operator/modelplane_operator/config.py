@@ -33,5 +33,12 @@ class OperatorConfig(BaseSettings):
     retry_cap_seconds: float = Field(
         default=300.0, gt=0, description="Longest wait between retries of a failing reconcile."
     )
+    key_recheck_seconds: float = Field(
+        default=300.0,
+        ge=1,
+        le=86400,
+        description="How often every ModelConsumer's key Secret is read again (Secrets are "
+        "not watched): the bound on noticing one deleted or edited by hand.",
+    )
     metrics_port: int = Field(default=9090, ge=0, le=65535, description="0 turns it off.")
     metrics_address: str = "0.0.0.0"  # noqa: S104 - the pod's network namespace

@@ -17,6 +17,7 @@ from modelplane_operator.kinds import MODEL_DEPLOYMENT
 from modelplane_operator.kube import KubeApi, load_client
 from modelplane_operator.locks import KeyedLocks
 from modelplane_operator.retrier import Retrier
+from modelplane_operator.sweep import Sweep
 
 
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, handler_ids: Iterable[str]) -> None:
@@ -55,6 +56,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, handler_ids: Ite
     memo.retrier = Retrier(cap=config.retry_cap_seconds)
     memo.recent = RecentWrites()  # children this operator wrote, until the cache has them
     memo.written = {}  # (namespace, name) -> the status this operator last wrote
+    memo.sweep = Sweep(config.key_recheck_seconds)  # started by the first consumer event
     if config.metrics_port:
         start_http_server(config.metrics_port, addr=config.metrics_address)
 
@@ -66,6 +68,9 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 
 def stop(memo: kopf.Memo) -> None:
+    sweep = getattr(memo, "sweep", None)
+    if sweep is not None:
+        sweep.stop()
     retrier = getattr(memo, "retrier", None)
     if retrier is not None:
         retrier.cancel_all()

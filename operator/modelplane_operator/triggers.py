@@ -98,6 +98,7 @@ def on_model_consumer(body: Mapping[str, Any], memo: kopf.Memo, indexes: Mapping
 def on_consumer_event(event: kopf.RawEvent, memo: kopf.Memo, indexes: Mapping[str, Any]) -> None:
     """A consumer changed (its key, grants, limits) or went: every model of its namespace
     renders its access description again (unchanged ones cost no write)."""
+    memo.sweep.start(lambda: sweep_consumers(memo, indexes))  # indexes: kopf's live ones
     meta = event["object"].get("metadata", {})
     namespace, name = meta.get("namespace", ""), meta.get("name", "")
     gone = name if event["type"] == "DELETED" else None
@@ -107,6 +108,15 @@ def on_consumer_event(event: kopf.RawEvent, memo: kopf.Memo, indexes: Mapping[st
         key = (namespace, model)
         if (body := _live_body(memo, indexes, key)) is not None:
             _attempt(memo, indexes, key, body, None, reject=False, gone_consumer=gone)
+
+
+def sweep_consumers(memo: kopf.Memo, indexes: Mapping[str, Any]) -> None:
+    """Every ModelConsumer reconciled again: its key Secret read, a missing one replaced."""
+    for namespace in list(indexes[MODEL_CONSUMER.index]):
+        for body in consumers_in(indexes, namespace):
+            if not body["metadata"].get("deletionTimestamp"):
+                key = consumer_key(namespace, body["metadata"]["name"])
+                _attempt_consumer(memo, indexes, key, body, reject=False)
 
 
 def _attempt_consumer(

@@ -185,6 +185,7 @@ def running_operator(
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.setenv("MODELPLANE_OPERATOR_METRICS_PORT", "0")
     monkeypatch.setenv("MODELPLANE_OPERATOR_CONFLICT_RETRY_SECONDS", "2")
+    monkeypatch.setenv("MODELPLANE_OPERATOR_KEY_RECHECK_SECONDS", "2")
     with KopfRunner(args or OPERATOR_ARGS, timeout=60) as runner:
         yield runner
     assert runner.exception is None, runner.output

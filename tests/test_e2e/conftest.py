@@ -130,6 +130,7 @@ def operator_as(
     kubeconfig = server.kubeconfig_for(tmp_path / "operator.kubeconfig", token)
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.setenv("MODELPLANE_OPERATOR_METRICS_PORT", "0")
+    monkeypatch.setenv("MODELPLANE_OPERATOR_KEY_RECHECK_SECONDS", "2")
     with KopfRunner(args or OPERATOR_ARGS, timeout=120) as runner:
         yield runner
     assert runner.exception is None, runner.output

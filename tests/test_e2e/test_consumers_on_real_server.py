@@ -82,6 +82,32 @@ def test_keys_grants_rotation_and_revocation_on_a_real_server(
     admin.delete("modeldeployments", NS, "sentiment")
 
 
+def test_a_moved_key_overlaps_and_a_secret_deleted_by_hand_is_replaced(
+    installed: ApiServer, admin: RealCluster, operator: KopfRunner
+) -> None:
+    admin.namespace(NS)
+    admin.create("modeldeployments", _md(NS, "moving"))
+    admin.create("modelconsumers", _consumer("team-m", ["moving"], key={"overlapSeconds": 60}))
+    first = key_digest(_key(admin, "team-m-key"))
+    wait_for(lambda: _digests(admin, "moving", "team-m") == [first], "the first key")
+
+    moved = {"spec": {"key": {"secretName": "team-m-moved", "overlapSeconds": 60}}}
+    admin.patch("modelconsumers", NS, "team-m", moved)
+    second = key_digest(_key(admin, "team-m-moved"))
+    wait_for(lambda: _digests(admin, "moving", "team-m") == [second, first], "both keys, moved")
+
+    # Secrets are not watched: the operator's pass over the consumers (2 s here) sees it.
+    admin.delete("secrets", NS, "team-m-moved")
+    third = wait_for(
+        lambda: (d := key_digest(_key(admin, "team-m-moved"))) != second and d,
+        "a new key for the deleted Secret",
+    )
+    wait_for(lambda: _digests(admin, "moving", "team-m")[:1] == [third], "the new key served")
+    assert second not in _digests(admin, "moving", "team-m")
+    admin.delete("modelconsumers", NS, "team-m")
+    admin.delete("modeldeployments", NS, "moving")
+
+
 def test_a_taken_secret_name_and_an_unknown_model_are_reported(
     installed: ApiServer, admin: RealCluster, operator: KopfRunner
 ) -> None:

@@ -238,6 +238,30 @@ def test_a_key_moved_to_another_secret_keeps_the_old_one_for_the_overlap(
     assert cluster.get("secrets", NS, "team-a-key") is not None  # owned; goes with the consumer
 
 
+def test_a_key_secret_deleted_by_hand_is_replaced_and_its_key_stops_working(
+    cluster: Cluster,
+) -> None:
+    # The operator does not watch Secrets: its pass over the consumers (every 2 s here,
+    # MODELPLANE_OPERATOR_KEY_RECHECK_SECONDS) is what notices.
+    cluster.create("modeldeployments", _md("sentiment"))
+    cluster.create("modelconsumers", _consumer("team-a", ["sentiment"]))
+    old = key_digest(_key(cluster, "team-a-key"))
+    wait_for(
+        lambda: _digests(_table(cluster, "sentiment"), "team-a") == [old], "the first key", WAIT
+    )
+    cluster.delete("secrets", NS, "team-a-key")
+    new = wait_for(
+        lambda: (d := key_digest(_key(cluster, "team-a-key"))) != old and d,
+        "a new key in a new Secret",
+        WAIT,
+    )
+    wait_for(
+        lambda: _digests(_table(cluster, "sentiment"), "team-a") == [new],
+        "only the new key works",
+        WAIT,
+    )
+
+
 def test_deleting_the_consumer_revokes_its_key(cluster: Cluster) -> None:
     cluster.create("modeldeployments", _md("sentiment"))
     cluster.create("modelconsumers", _consumer("team-a", ["sentiment"]))
