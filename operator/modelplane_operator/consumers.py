@@ -183,7 +183,7 @@ def reconcile_consumer(
         unchanged = ModelConsumerStatus.model_validate(previous_status)
         write_status(unchanged, Problem(reason, message), "")
         if _newly(previous_status, reason):
-            _warn(api, body, reason, message)
+            api.warn(body, reason, message)
 
     try:
         consumer = parse_model_consumer(
@@ -215,7 +215,7 @@ def reconcile_consumer(
     status, problem, detail = _outcome(consumer, models, keys)
     written = write_status(status, problem, detail)
     if problem is not None and _newly(previous_status, problem.reason):
-        _warn(api, body, problem.reason, problem.message)
+        api.warn(body, problem.reason, problem.message)
     expiring = [datetime.datetime.fromisoformat(k.not_after) for k in keys if k.not_after]
     recheck = (min(expiring) - moment).total_seconds() + 1 if expiring else None
     return ConsumerResult(wrote, written, recheck)
@@ -332,13 +332,6 @@ def _newly(previous: Mapping[str, Any], reason: str) -> bool:
         (c for c in previous.get("conditions", []) if c.get("type") == "Ready"), {}
     )
     return bool(ready.get("reason") != reason)
-
-
-def _warn(api: KubeApi, body: Mapping[str, Any], reason: str, message: str) -> None:
-    try:
-        api.warn(body, reason, message)
-    except ApiError as exc:  # an event is worth a try, not a failed reconcile
-        log.warning("Warning event %s on %s not posted: %s", reason, body["metadata"]["name"], exc)
 
 
 def consumer_conditions(

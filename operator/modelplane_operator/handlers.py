@@ -78,9 +78,7 @@ kopf.index(*_resource(MODEL_CONSUMER), id=MODEL_CONSUMER.index)(by_namespace)
 def reconcile_model_deployment(body: kopf.Body, memo: kopf.Memo, **indexes: Any) -> None:
     try:
         triggers.on_model_deployment(body, memo, indexes)
-    except SpecRejected as rejected:
-        if rejected.newly:
-            kopf.warn(body, reason=rejected.reason, message=str(rejected))
+    except SpecRejected as rejected:  # its Warning event is already posted
         raise kopf.PermanentError(str(rejected)) from None
 
 

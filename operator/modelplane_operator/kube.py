@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -20,6 +21,7 @@ from modelplane_api import names
 from modelplane_operator.kinds import BY_KIND, MODEL_DEPLOYMENT
 
 Obj = dict[str, Any]
+log = logging.getLogger("modelplane.operator")
 
 
 class ApiError(Exception):
@@ -142,7 +144,8 @@ class KubeApi:
         return result or {}
 
     def warn(self, involved: Mapping[str, Any], reason: str, message: str) -> None:
-        """A Warning event on ``involved``, as `kubectl describe` shows it."""
+        """A Warning event on ``involved``, as `kubectl describe` shows it: worth a try,
+        never a failed reconcile (the status says the same)."""
         meta = involved["metadata"]
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         event = {
@@ -164,7 +167,10 @@ class KubeApi:
             "lastTimestamp": now,
             "count": 1,
         }
-        self._call("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body=event)
+        try:
+            self._call("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body=event)
+        except ApiError as exc:
+            log.warning("Warning event %s on %s not posted: %s", reason, meta["name"], exc)
 
     def delete(self, kind: str, namespace: str, name: str) -> bool:
         """Delete in the background (owned objects follow); False when already gone."""

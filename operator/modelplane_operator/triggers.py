@@ -197,8 +197,10 @@ def _attempt(
 ) -> None:
     try:
         _reconcile(body, memo, indexes, override, gone_consumer)
-    except SpecRejected:
+    except SpecRejected as rejected:
         memo.retrier.succeeded(key)  # nothing to retry: the spec must change
+        if rejected.newly:  # whatever triggered it: a spec change, a consumer, a child
+            memo.api.warn(body, rejected.reason, str(rejected))
         if reject:
             raise
     except RetryLater as later:

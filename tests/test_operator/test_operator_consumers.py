@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import datetime
 import json
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ from kopf.testing import KopfRunner
 from modelplane_api import facts
 from modelplane_api.access import key_digest, parse_access_table
 from modelplane_testkit import onnx_models
-from modelplane_testkit.kube_emulator import ACCESS_LOG
+from modelplane_testkit.kube_emulator import ACCESS_LOG, Fault
 from modelplane_testkit.mounted import AccessDir
 from modelplane_testkit.operator_harness import (
     Cluster,
@@ -260,6 +261,31 @@ def test_a_key_secret_deleted_by_hand_is_replaced_and_its_key_stops_working(
         "only the new key works",
         WAIT,
     )
+
+
+def test_a_child_refused_after_a_consumer_came_is_a_warning_event_too(
+    cluster: Cluster,
+) -> None:
+    # Not the model's own spec handler: the consumer's event re-renders the model's access
+    # ConfigMap, and the API server refuses it. The status and a Warning event say so.
+    cluster.create("modeldeployments", _md("sentiment"))
+    wait_for(lambda: cluster.get("configmaps", NS, "sentiment"), "the access ConfigMap", WAIT)
+    refuse = Fault("PATCH", re.compile(r"/configmaps/sentiment\b"), 422, times=1000)
+    cluster.emulator.emulator.faults.append(refuse)
+    try:
+        cluster.create("modelconsumers", _consumer("team-a", ["sentiment"]))
+        wait_for(
+            lambda: (
+                _ready(cluster, "modeldeployments", "sentiment").get("reason") == "ChildRejected"
+            ),
+            "Ready=False/ChildRejected",
+            WAIT,
+        )
+        (event,) = wait_for(lambda: _warnings(cluster, "sentiment"), "a Warning event", WAIT)
+    finally:
+        refuse.times = 0
+    assert event["reason"] == "ChildRejected"
+    assert event["involvedObject"]["kind"] == "ModelDeployment"
 
 
 def test_deleting_the_consumer_revokes_its_key(cluster: Cluster) -> None:
