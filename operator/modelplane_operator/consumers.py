@@ -38,6 +38,7 @@ from modelplane_operator.reconcile import (
     RetryLater,
     SpecRejected,
     owner_reference,
+    resource_fields,
 )
 from modelplane_operator.status import Problem, Verdict, kstatus_conditions, status_patch
 
@@ -186,9 +187,7 @@ def reconcile_consumer(
             api.warn(body, reason, message)
 
     try:
-        consumer = parse_model_consumer(
-            {k: v for k, v in body.items() if k in {"apiVersion", "kind", "metadata", "spec"}}
-        )
+        consumer = parse_model_consumer(resource_fields(body))
     except InvalidSpecError as exc:
         message = "; ".join(exc.problems)
         report("InvalidSpec", message)

@@ -11,6 +11,7 @@ operator/ must not shadow Python's own ``operator`` module).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -69,6 +70,20 @@ def by_namespace(namespace: str | None, body: kopf.Body, **_: Any) -> Any:
 kopf.index(*_resource(MODEL_CONSUMER), id=MODEL_CONSUMER.index)(by_namespace)
 
 
+def _until_the_spec_changes(
+    trigger: Callable[[kopf.Body, kopf.Memo, Mapping[str, Any]], None],
+    body: kopf.Body,
+    memo: kopf.Memo,
+    indexes: Mapping[str, Any],
+) -> None:
+    """A spec the operator cannot serve (its status and Warning event already written)
+    stops kopf's retries of the spec handler: only a new spec can change the outcome."""
+    try:
+        trigger(body, memo, indexes)
+    except SpecRejected as rejected:
+        raise kopf.PermanentError(str(rejected)) from None
+
+
 # --- the ModelDeployment itself -------------------------------------------------------------
 
 
@@ -76,10 +91,7 @@ kopf.index(*_resource(MODEL_CONSUMER), id=MODEL_CONSUMER.index)(by_namespace)
 @kopf.on.update(*_resource(MODEL_DEPLOYMENT), id=RECONCILE, field="spec")
 @kopf.on.resume(*_resource(MODEL_DEPLOYMENT), id=RECONCILE)
 def reconcile_model_deployment(body: kopf.Body, memo: kopf.Memo, **indexes: Any) -> None:
-    try:
-        triggers.on_model_deployment(body, memo, indexes)
-    except SpecRejected as rejected:  # its Warning event is already posted
-        raise kopf.PermanentError(str(rejected)) from None
+    _until_the_spec_changes(triggers.on_model_deployment, body, memo, indexes)
 
 
 @kopf.on.event(*_resource(MODEL_DEPLOYMENT), id="model-deployments-changed")
@@ -94,10 +106,7 @@ def model_deployment_changed(event: kopf.RawEvent, memo: kopf.Memo, **indexes: A
 @kopf.on.update(*_resource(MODEL_CONSUMER), id=RECONCILE, field="spec")
 @kopf.on.resume(*_resource(MODEL_CONSUMER), id=RECONCILE)
 def reconcile_model_consumer(body: kopf.Body, memo: kopf.Memo, **indexes: Any) -> None:
-    try:
-        triggers.on_model_consumer(body, memo, indexes)
-    except SpecRejected as rejected:  # its Warning event is already posted
-        raise kopf.PermanentError(str(rejected)) from None
+    _until_the_spec_changes(triggers.on_model_consumer, body, memo, indexes)
 
 
 @kopf.on.event(*_resource(MODEL_CONSUMER), id="model-consumers-changed")

@@ -168,7 +168,7 @@ def _reconcile(
         return True
 
     try:
-        md = parse_model_deployment(_resource_fields(body))
+        md = parse_model_deployment(resource_fields(body))
     except InvalidSpecError as exc:
         message = "; ".join(exc.problems)
         newly = write_status(Problem("InvalidSpec", message))
@@ -232,7 +232,7 @@ def _access(md: ModelDeployment, cluster: ClusterView, now: str) -> AccessTable:
         try:
             # Its status says which keys work (digests only).
             consumers.append(
-                parse_model_consumer({**_resource_fields(body), "status": body.get("status")})
+                parse_model_consumer({**resource_fields(body), "status": body.get("status")})
             )
         except InvalidSpecError:
             continue  # its own status says why; it grants nothing meanwhile
@@ -247,7 +247,8 @@ def _access(md: ModelDeployment, cluster: ClusterView, now: str) -> AccessTable:
     return access_table(consumers, replicas, moment)
 
 
-def _resource_fields(body: Mapping[str, Any]) -> Obj:
+def resource_fields(body: Mapping[str, Any]) -> Obj:
+    """What a resource's parser reads: no status, no fields the API server added."""
     return {k: v for k, v in body.items() if k in {"apiVersion", "kind", "metadata", "spec"}}
 
 

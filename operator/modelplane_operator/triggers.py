@@ -76,9 +76,10 @@ def on_model_deployment_event(
     if event["type"] not in {"ADDED", "DELETED"}:
         return
     namespace = event["object"].get("metadata", {}).get("namespace", "")
+    models = models_by_access(indexes, namespace)
     for consumer in consumers_in(indexes, namespace):
         key = consumer_key(namespace, consumer["metadata"]["name"])
-        _attempt_consumer(memo, indexes, key, consumer, reject=False)
+        _attempt_consumer(memo, indexes, key, consumer, reject=False, models=models)
 
 
 # --- ModelConsumers ---------------------------------------------------------------------------
@@ -113,10 +114,11 @@ def on_consumer_event(event: kopf.RawEvent, memo: kopf.Memo, indexes: Mapping[st
 def sweep_consumers(memo: kopf.Memo, indexes: Mapping[str, Any]) -> None:
     """Every ModelConsumer reconciled again: its key Secret read, a missing one replaced."""
     for namespace in list(indexes[MODEL_CONSUMER.index]):
+        models = models_by_access(indexes, namespace)
         for body in consumers_in(indexes, namespace):
             if not body["metadata"].get("deletionTimestamp"):
                 key = consumer_key(namespace, body["metadata"]["name"])
-                _attempt_consumer(memo, indexes, key, body, reject=False)
+                _attempt_consumer(memo, indexes, key, body, reject=False, models=models)
 
 
 def _attempt_consumer(
@@ -126,15 +128,19 @@ def _attempt_consumer(
     body: Mapping[str, Any],
     *,
     reject: bool,
+    models: Mapping[str, bool] | None = None,
 ) -> None:
-    namespace = key[0]
+    """``models``: the namespace's models by access, when the caller has them already
+    (one parse of each model for a pass over many consumers)."""
+    if models is None:
+        models = models_by_access(indexes, key[0])
     recheck: float | None = None
     try:
         with memo.locks(key):
             result = reconcile_consumer(
                 body,
                 memo.api,
-                models_by_access(indexes, namespace),
+                models,
                 now=lambda: datetime.datetime.now(datetime.UTC),
             )
         recheck = result.recheck_after

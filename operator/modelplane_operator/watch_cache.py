@@ -17,7 +17,7 @@ from modelplane_api.spec import InvalidSpecError, parse_model_deployment
 from modelplane_operator.freshness import RecentWrites
 from modelplane_operator.kinds import BY_KIND, MODEL_CONSUMER, MODEL_DEPLOYMENT, PODS
 from modelplane_operator.kube import KubeApi
-from modelplane_operator.reconcile import ClusterView
+from modelplane_operator.reconcile import ClusterView, resource_fields
 
 Obj = dict[str, Any]
 # An event's own object, fresher than the index: (kind, namespace, name), the object
@@ -74,9 +74,7 @@ def models_by_access(indexes: Mapping[str, Any], namespace: str) -> dict[str, bo
         if body is None:
             continue
         try:
-            md = parse_model_deployment(
-                {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}
-            )
+            md = parse_model_deployment(resource_fields(body))
         except InvalidSpecError:
             found[name] = True
             continue
