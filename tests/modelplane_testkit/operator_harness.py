@@ -182,11 +182,25 @@ def running_operator(
     args: list[str] | None = None,
 ) -> Iterator[KopfRunner]:
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", emulator.url)
+    monkeypatch.setenv("MODELPLANE_OPERATOR_CONFLICT_RETRY_SECONDS", "2")
+    with kopf_operator(kubeconfig, monkeypatch, args, timeout=60) as runner:
+        yield runner
+
+
+@contextmanager
+def kopf_operator(
+    kubeconfig: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str] | None = None,
+    *,
+    timeout: float,
+) -> Iterator[KopfRunner]:
+    """The operator in this process, talking to the API server ``kubeconfig`` names, with
+    no metrics port and a pass over the consumers every 2 s; it must stop cleanly."""
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.setenv("MODELPLANE_OPERATOR_METRICS_PORT", "0")
-    monkeypatch.setenv("MODELPLANE_OPERATOR_CONFLICT_RETRY_SECONDS", "2")
     monkeypatch.setenv("MODELPLANE_OPERATOR_KEY_RECHECK_SECONDS", "2")
-    with KopfRunner(args or OPERATOR_ARGS, timeout=60) as runner:
+    with KopfRunner(args or OPERATOR_ARGS, timeout=timeout) as runner:
         yield runner
     assert runner.exception is None, runner.output
     assert runner.exit_code == 0, runner.output

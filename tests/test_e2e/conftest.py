@@ -19,7 +19,7 @@ from kopf.testing import KopfRunner
 from modelplane_testkit import helm
 from modelplane_testkit.control_plane import CLUSTER_ENV, ApiServer, control_plane
 from modelplane_testkit.kubelet import KubeletPlayer
-from modelplane_testkit.operator_harness import OPERATOR_ARGS
+from modelplane_testkit.operator_harness import kopf_operator
 from modelplane_testkit.real_cluster import RealCluster
 
 REPO = Path(__file__).resolve().parents[2]
@@ -128,13 +128,8 @@ def operator_as(
     args: list[str] | None = None,
 ) -> Iterator[KopfRunner]:
     kubeconfig = server.kubeconfig_for(tmp_path / "operator.kubeconfig", token)
-    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-    monkeypatch.setenv("MODELPLANE_OPERATOR_METRICS_PORT", "0")
-    monkeypatch.setenv("MODELPLANE_OPERATOR_KEY_RECHECK_SECONDS", "2")
-    with KopfRunner(args or OPERATOR_ARGS, timeout=120) as runner:
+    with kopf_operator(kubeconfig, monkeypatch, args, timeout=120) as runner:
         yield runner
-    assert runner.exception is None, runner.output
-    assert runner.exit_code == 0, runner.output
 
 
 @pytest.fixture

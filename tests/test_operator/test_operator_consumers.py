@@ -89,6 +89,18 @@ def _digests(table: dict[str, Any], consumer: str) -> list[str]:
     return []
 
 
+def _first_key_served(cluster: Cluster, models: list[str], **spec: Any) -> str:
+    """Model "sentiment" and its consumer "team-a": the digest of the consumer's first key,
+    once the model's access description lists it."""
+    cluster.create("modeldeployments", _md("sentiment"))
+    cluster.create("modelconsumers", _consumer("team-a", models, **spec))
+    first = key_digest(_key(cluster, "team-a-key"))
+    wait_for(
+        lambda: _digests(_table(cluster, "sentiment"), "team-a") == [first], "the first key", WAIT
+    )
+    return first
+
+
 def _ready(cluster: Cluster, plural: str, name: str) -> dict[str, Any]:
     return condition(cluster.get(plural, NS, name), "Ready")
 
@@ -178,12 +190,7 @@ def test_the_access_description_follows_the_replica_count(cluster: Cluster) -> N
 def test_rotation_keeps_the_old_key_for_the_overlap_then_drops_it(
     cluster: Cluster,
 ) -> None:
-    cluster.create("modeldeployments", _md("sentiment"))
-    cluster.create("modelconsumers", _consumer("team-a", ["*"], key={"overlapSeconds": 3}))
-    old = key_digest(_key(cluster, "team-a-key"))
-    wait_for(
-        lambda: _digests(_table(cluster, "sentiment"), "team-a") == [old], "the first key", WAIT
-    )
+    old = _first_key_served(cluster, ["*"], key={"overlapSeconds": 3})
 
     rotated_at = datetime.datetime.now(datetime.UTC)
     cluster.patch("modelconsumers", NS, "team-a", {"spec": {"key": {"rotation": "2"}}})
@@ -213,12 +220,7 @@ def test_rotation_keeps_the_old_key_for_the_overlap_then_drops_it(
 def test_a_key_moved_to_another_secret_keeps_the_old_one_for_the_overlap(
     cluster: Cluster,
 ) -> None:
-    cluster.create("modeldeployments", _md("sentiment"))
-    cluster.create("modelconsumers", _consumer("team-a", ["*"], key={"overlapSeconds": 3}))
-    old = key_digest(_key(cluster, "team-a-key"))
-    wait_for(
-        lambda: _digests(_table(cluster, "sentiment"), "team-a") == [old], "the first key", WAIT
-    )
+    old = _first_key_served(cluster, ["*"], key={"overlapSeconds": 3})
     moved = {"spec": {"key": {"secretName": "team-a-moved", "overlapSeconds": 3}}}
     cluster.patch("modelconsumers", NS, "team-a", moved)
     new = key_digest(_key(cluster, "team-a-moved"))
@@ -244,12 +246,7 @@ def test_a_key_secret_deleted_by_hand_is_replaced_and_its_key_stops_working(
 ) -> None:
     # The operator does not watch Secrets: its pass over the consumers (every 2 s here,
     # MODELPLANE_OPERATOR_KEY_RECHECK_SECONDS) is what notices.
-    cluster.create("modeldeployments", _md("sentiment"))
-    cluster.create("modelconsumers", _consumer("team-a", ["sentiment"]))
-    old = key_digest(_key(cluster, "team-a-key"))
-    wait_for(
-        lambda: _digests(_table(cluster, "sentiment"), "team-a") == [old], "the first key", WAIT
-    )
+    old = _first_key_served(cluster, ["sentiment"])
     cluster.delete("secrets", NS, "team-a-key")
     new = wait_for(
         lambda: (d := key_digest(_key(cluster, "team-a-key"))) != old and d,
