@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 CODE := $(wildcard api operator runtime tests bench)
 
-.PHONY: demo test lint typecheck unit crd manifests golden bench bench-versus bench-access bench-large bench-operator bench-operator-real clean e2e
+.PHONY: demo test lint typecheck unit crd manifests golden bench bench-versus bench-access bench-large bench-operator bench-operator-real clean e2e e2e-node
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "modelplane needs Python 3.11+")'
@@ -90,3 +90,11 @@ clean:
 # Without either, every test skips with one line saying how to get them.
 e2e: $(STAMP)
 	@MODELPLANE_E2E=1 $(BIN)/python -m pytest tests/test_e2e || test $$? -eq 5  # 5: none could run
+
+# A real node (tests/test_node): the control plane above plus containerd, runc, CNI, the kubelet
+# and kube-proxy, the operator as a Pod from its image (`make images` first). As root, inside
+# network and mount namespaces of its own (the host's network, sysctls and mounts stay as they
+# are). Without the binaries or the images, every test is left out with one line saying why.
+e2e-node: $(STAMP)
+	@if [ "$$(id -u)" = 0 ]; then wrap="unshare --net --mount --propagation slave --"; else wrap=""; fi; \
+	MODELPLANE_NODE=1 $$wrap $(BIN)/python -m pytest tests/test_node $(PYTEST_ARGS) || test $$? -eq 5

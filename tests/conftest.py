@@ -1,5 +1,6 @@
 """Suite-wide hooks: ordering for the RBAC test, its request log when run apart, and
-the real control-plane tests left out (with one line saying why) unless `make e2e`."""
+the real control-plane tests and the real-node tests left out (with one line each saying
+why) unless `make e2e` and `make e2e-node`."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from modelplane_testkit import node
 from modelplane_testkit.control_plane import CLUSTER_ENV, HOW_TO_GET_THEM, find_assets
 from modelplane_testkit.kube_emulator import ACCESS_LOG
 
 E2E_DIR = "test_e2e"
+NODE_DIR = "test_node"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -31,9 +34,26 @@ def _e2e_unavailable() -> str | None:
     return None
 
 
+def _node_unavailable() -> str | None:
+    why = node.unavailable()
+    if os.environ.get(node.NODE_ENV) != "1":
+        return "run them with `make e2e-node`" + (f"; {why}" if why else "")
+    return why
+
+
+def _leave_out(
+    config: pytest.Config, items: list[pytest.Item], folder: str, why: str | None, what: str
+) -> None:
+    chosen = [item for item in items if folder in item.path.parts]
+    if chosen and why is not None:
+        items[:] = [item for item in items if folder not in item.path.parts]
+        config.hook.pytest_deselected(items=chosen)
+        config.stash.setdefault(_LEFT_OUT, []).append(f"{folder}: {len(chosen)} {what}: {why}")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("after_operator_tests") is not None)
-    e2e = [item for item in items if E2E_DIR in item.path.parts]
+    e2e = [item for item in items if {E2E_DIR, NODE_DIR} & set(item.path.parts)]
     for item in e2e:
         # kopf's aiohttp keeps TLS connections to a real API server that the garbage
         # collector closes after KopfRunner stops, during whichever test runs then.
@@ -41,22 +61,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(
             pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
         )
-    why = _e2e_unavailable() if e2e else None
-    if why is not None:
-        items[:] = [item for item in items if E2E_DIR not in item.path.parts]
-        config.hook.pytest_deselected(items=e2e)
-        config.stash[_E2E_LEFT_OUT] = f"{len(e2e)} real control-plane tests not run: {why}"
+    _leave_out(config, items, E2E_DIR, _e2e_unavailable(), "real control-plane tests not run")
+    _leave_out(config, items, NODE_DIR, _node_unavailable(), "real-node tests not run")
 
 
-_E2E_LEFT_OUT = pytest.StashKey[str]()
+_LEFT_OUT = pytest.StashKey[list[str]]()
 
 
 def pytest_terminal_summary(
     terminalreporter: pytest.TerminalReporter, config: pytest.Config
 ) -> None:
-    left_out = config.stash.get(_E2E_LEFT_OUT, None)
-    if left_out:
-        terminalreporter.write_line(f"{E2E_DIR}: {left_out}")
+    for line in config.stash.get(_LEFT_OUT, []):
+        terminalreporter.write_line(line)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

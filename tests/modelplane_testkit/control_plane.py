@@ -176,6 +176,9 @@ class LocalControlPlane:
     workdir: Path
     admission_plugins: tuple[str, ...] = ()
     controllers: bool = True  # the controller manager and scheduler, when their binaries exist
+    # A real node (modelplane_testkit.node) needs the API server on the node's address too, a
+    # CA of our own that pods trust (kube-root-ca.crt), and every controller (node lifecycle).
+    node_address: str | None = None
     processes: list[_Process] = field(default_factory=list)
 
     def start(self) -> ApiServer:
@@ -187,6 +190,7 @@ class LocalControlPlane:
         policy = self.workdir / "audit-policy.yaml"
         policy.write_text(AUDIT_POLICY)
         etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
+        serving = self._serving_flags() if self.node_address else []
         self._run(
             "etcd",
             "--data-dir", str(self.workdir / "etcd"),
@@ -201,9 +205,10 @@ class LocalControlPlane:
         self._run(
             "kube-apiserver",
             "--etcd-servers", f"http://127.0.0.1:{etcd_port}",
-            "--bind-address", "127.0.0.1",
-            "--advertise-address", "127.0.0.1",
+            "--bind-address", "0.0.0.0" if self.node_address else "127.0.0.1",
+            "--advertise-address", self.node_address or "127.0.0.1",
             "--secure-port", str(api_port),
+            *serving,
             "--cert-dir", str(self.workdir / "certs"),
             "--service-account-issuer", "https://kubernetes.default.svc",
             "--service-account-key-file", str(public),
@@ -218,7 +223,7 @@ class LocalControlPlane:
         )  # fmt: skip
         cluster = ApiServer(
             server=f"https://127.0.0.1:{api_port}",
-            ca_file=self.workdir / "certs" / "apiserver.crt",
+            ca_file=self.workdir / "certs" / ("ca.crt" if self.node_address else "apiserver.crt"),
             token=admin_token,
             kubeconfig=self.workdir / "admin.kubeconfig",
             audit_log=self.workdir / "audit.log",
@@ -234,9 +239,9 @@ class LocalControlPlane:
                 "--bind-address", "127.0.0.1",
                 "--secure-port", str(free_port()),
                 "--leader-elect=false",
-                "--controllers", ",".join(CONTROLLERS),
                 "--horizontal-pod-autoscaler-sync-period", "5s",
                 "--concurrent-deployment-syncs", "5",
+                *self._controller_flags(key),
             )  # fmt: skip
             cluster.has_controllers = True
         if self.controllers and (self.assets / "kube-scheduler").exists():
@@ -248,6 +253,47 @@ class LocalControlPlane:
                 "--leader-elect=false",
             )  # fmt: skip
         return cluster
+
+    def _controller_flags(self, service_account_key: Path) -> list[str]:
+        if not self.node_address:
+            return ["--controllers", ",".join(CONTROLLERS)]
+        certs = self.workdir / "certs"
+        return [
+            "--controllers", "*",
+            "--root-ca-file", str(certs / "ca.crt"),
+            "--service-account-private-key-file", str(service_account_key),
+            "--cluster-signing-cert-file", str(certs / "ca.crt"),
+            "--cluster-signing-key-file", str(certs / "ca.key"),
+            "--node-monitor-grace-period", "20s",
+        ]  # fmt: skip
+
+    def _serving_flags(self) -> list[str]:
+        """A CA and a serving certificate for every address a client may use: loopback for
+        the tests, the node's address and the ``kubernetes`` Service's for pods."""
+        certs = self.workdir / "certs"
+        certs.mkdir(parents=True, exist_ok=True)
+        ca, ca_key = certs / "ca.crt", certs / "ca.key"
+        cert, key, request = certs / "serving.crt", certs / "serving.key", certs / "serving.csr"
+        names = certs / "names.ext"
+        names.write_text(
+            "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,"
+            f"IP:{self.node_address},DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
+            "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n"
+            "extendedKeyUsage=serverAuth\n"
+        )
+        for command in (
+            ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+             "-subj", "/CN=modelplane-e2e-ca", "-keyout", ca_key, "-out", ca],
+            ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=kube-apiserver",
+             "-keyout", key, "-out", request],
+            ["x509", "-req", "-in", request, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+             "-days", "2", "-extfile", names, "-out", cert],
+        ):  # fmt: skip
+            subprocess.run(["openssl", *map(str, command)], check=True, capture_output=True)
+        return [
+            "--tls-cert-file", str(cert), "--tls-private-key-file", str(key),
+            "--kubelet-preferred-address-types", "InternalIP",
+        ]  # fmt: skip
 
     def _service_account_keys(self) -> tuple[Path, Path]:
         key, public = self.workdir / "sa.key", self.workdir / "sa.pub"
