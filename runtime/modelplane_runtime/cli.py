@@ -83,21 +83,38 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def _fetch_cached(args: argparse.Namespace, *, tree: bool) -> int:
+    from urllib.parse import urlsplit
+
+    from modelplane_runtime.archives import extract, is_archive
     from modelplane_runtime.fetch import fetch, fetch_tree
     from modelplane_runtime.logs import write_termination_message
-    from modelplane_runtime.model_cache import fetch_through_cache
+    from modelplane_runtime.model_cache import Archive, Form, fetch_through_cache
 
     if args.sha256 is None:
         raise UsageError("--cache needs --sha256: the cache is keyed by the model's digest")
 
+    # The cache keeps the model as published, so that its digest proves an entry: a file
+    # or an archive as fetched, a directory with its manifest.
+    form: Form = "file"
+    if is_archive(urlsplit(args.uri).path):
+
+        def unpack(archive: Path, into: Path) -> None:
+            into.mkdir()
+            extract(archive, into, max_bytes=args.max_bytes, max_files=args.max_files)
+
+        form = Archive(Path(urlsplit(args.uri).path).name, unpack)
+    elif tree:
+        form = "directory"
+
     def fill(target: Path) -> None:
-        if tree:
+        if form == "directory":
             fetch_tree(
                 args.uri,
                 target,
                 sha256=args.sha256,
                 max_bytes=args.max_bytes,
                 max_files=args.max_files,
+                keep_manifest=True,
             )
         else:
             fetch(args.uri, target, sha256=args.sha256)
@@ -107,7 +124,7 @@ def _fetch_cached(args: argparse.Namespace, *, tree: bool) -> int:
         args.sha256,
         Path(args.destination),
         fill,
-        tree=tree,
+        form=form,
         max_bytes=args.cache_max_bytes,
     )
     print(f"fetched {args.uri} -> {args.destination} (sha256 {args.sha256}, cache {outcome})")

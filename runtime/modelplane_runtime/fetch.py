@@ -8,6 +8,7 @@ The file appears at its destination only complete and verified.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import logging
 import os
@@ -41,6 +42,7 @@ def fetch(uri: str, destination: Path, *, sha256: str | None = None) -> str:
     """Copy ``uri`` to ``destination``; return the sha256 of what was written."""
     _check_request(uri, sha256)
     destination.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(destination)
     descriptor, partial = tempfile.mkstemp(
         dir=destination.parent, prefix=f".{destination.name}.", suffix=".part"
     )
@@ -54,6 +56,21 @@ def fetch(uri: str, destination: Path, *, sha256: str | None = None) -> str:
     finally:
         Path(partial).unlink(missing_ok=True)
     return actual
+
+
+def remove_stale_staging(destination: Path) -> None:
+    """Remove what a fetch to ``destination`` that was killed midway left beside it (a
+    partial file, a staged tree, an archive, an old tree): every staging name starts with
+    ``.<name>.``, and one fetch at a time writes a destination (a pod's init container),
+    so whatever is there when a fetch starts is stale. Without this, every restart of an
+    init container killed midway would leave one more copy on the pod's volume."""
+    with contextlib.suppress(FileNotFoundError):
+        for stale in destination.parent.glob(f".{glob.escape(destination.name)}.*"):
+            log.info("removing %s, left by a fetch that did not finish", stale)
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -93,22 +110,27 @@ def fetch_tree(
     sha256: str | None = None,
     max_bytes: int = MAX_MODEL_BYTES,
     max_files: int = MAX_MODEL_FILES,
+    keep_manifest: bool = False,
 ) -> str | None:
     """Copy a model directory (``uri`` ending in ``/``) or archive (.tar, .tar.gz, .tgz,
     .zip) to the directory ``destination``, which appears only complete and verified.
 
     ``sha256`` is the archive's digest, or for a directory the digest of its SHA256SUMS
     manifest, which then lists every file fetched with its own digest (an http(s)
-    directory needs one: it cannot be listed). Return the digest checked, if any."""
+    directory needs one: it cannot be listed); ``keep_manifest`` keeps that manifest in
+    the tree (the model cache checks an entry against it). Return the digest checked."""
     _check_request(uri, sha256)
     destination.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(destination)
     staged = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}."))
     try:
         with _errors_named(uri):
             if is_archive(urlsplit(uri).path):
                 digest: str | None = _fetch_archive(uri, staged, sha256, max_bytes, max_files)
             elif uri.endswith("/"):
-                digest = _fetch_directory(uri, staged, sha256, max_bytes, max_files)
+                digest = _fetch_directory(
+                    uri, staged, sha256, max_bytes, max_files, keep_manifest=keep_manifest
+                )
             else:
                 raise FetchError(
                     f"'{uri}' is neither a directory (ending in '/') nor an archive "
@@ -136,7 +158,13 @@ def _fetch_archive(
 
 
 def _fetch_directory(
-    uri: str, staged: Path, sha256: str | None, max_bytes: int, max_files: int
+    uri: str,
+    staged: Path,
+    sha256: str | None,
+    max_bytes: int,
+    max_files: int,
+    *,
+    keep_manifest: bool = False,
 ) -> str | None:
     import fsspec
 
@@ -155,7 +183,8 @@ def _fetch_directory(
         if _copy_file(uri + MANIFEST_FILE, manifest, 1 << 24) != sha256:
             raise FetchError(f"{uri}{MANIFEST_FILE} does not have the expected sha256 {sha256}")
         wanted = read_manifest(manifest)
-        manifest.unlink()
+        if not keep_manifest:
+            manifest.unlink()
     if len(wanted) > max_files:
         raise FetchError(f"'{uri}' holds {len(wanted)} files, over the cap of {max_files}")
     total = 0
@@ -171,8 +200,17 @@ def _fetch_directory(
 
 
 def read_manifest(path: Path) -> dict[str, str | None]:
-    files: dict[str, str | None] = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    return dict(parse_manifest(path.read_bytes()))
+
+
+def parse_manifest(text: bytes) -> dict[str, str]:
+    """A SHA256SUMS manifest (sha256sum's format): each file's relative path and digest."""
+    try:
+        lines = text.decode().splitlines()
+    except UnicodeDecodeError:
+        raise FetchError(f"{MANIFEST_FILE} is not UTF-8 text") from None
+    files: dict[str, str] = {}
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         found = re.fullmatch(r"([0-9a-f]{64}) [ *](.+)", line.strip())
