@@ -11,11 +11,18 @@ after its oldest request arrived.
 The queue is bounded (``max_queued``): beyond it a request is refused at once
 with 503 and a Retry-After estimated from the work ahead of it, instead of
 waiting for a deadline it cannot meet while holding its body in memory.
+
+A run on the compute thread is terminated (onnxruntime's ``RunOptions.terminate``)
+once every request in its batch has passed its deadline: nobody waits for its
+answer, and every request behind it would time out too. A run that outlives its
+deadline all the same (a single long operator, which onnxruntime does not
+interrupt) makes the lane *stuck*: readiness says so, and a drain gives up on it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections import deque
@@ -25,10 +32,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 
-from modelplane_runtime.errors import NotReady, Overloaded
+from modelplane_runtime.errors import NotReady, Overloaded, RequestTimeout
 from modelplane_runtime.metrics import RuntimeMetrics
-from modelplane_runtime.model import OnnxModel, rows
+from modelplane_runtime.model import OnnxModel, run_options
+
+log = logging.getLogger("modelplane.runtime")
 
 # Runs typically shorter than this execute on the event loop itself (see _compute).
 INLINE_RUN_SECONDS = 0.0005
@@ -43,6 +53,7 @@ class Usage:
     admit_rows: Callable[[int], None] | None = None  # raises when over a row limit
     rows: int = 0
     compute_seconds: float = 0.0
+    ran: bool = False  # its rows went through onnxruntime: billed only then
 
 
 @dataclass(eq=False)
@@ -52,7 +63,27 @@ class _Pending:
     key: tuple[Any, ...]
     future: asyncio.Future[Outputs]
     usage: Usage | None = None
+    deadline: float | None = None  # the event loop's clock: nobody waits for it after this
     enqueued: float = field(default_factory=time.perf_counter)
+
+
+class RunTerminated(RequestTimeout):
+    """onnxruntime stopped a run at its deadline: never retried, request by request."""
+
+
+class _Running:
+    """The run on the compute thread now: its options (to terminate it) and deadline."""
+
+    __slots__ = ("deadline", "options", "terminated")
+
+    def __init__(self, options: ort.RunOptions, deadline: float | None) -> None:
+        self.options = options
+        self.deadline = deadline
+        self.terminated = False
+
+    def terminate(self) -> None:
+        self.terminated = True
+        self.options.terminate = True
 
 
 class Batcher:
@@ -77,21 +108,52 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._running: _Running | None = None
+        self._batch: list[_Pending] = []  # the batch being run
+        self.abandoned = False  # a drain gave up on a run that would not stop
         # Until measured, assume runs are long: the first ones go to the compute thread.
         self._typical_run_seconds = 1.0
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._dispatch(), name="batcher")
 
-    async def stop(self) -> None:
-        """Finish everything queued, then stop the compute lane."""
+    async def stop(self, grace: float = 5.0) -> None:
+        """Finish everything queued, then stop the compute lane.
+
+        Called once the server answers no request any more (uvicorn's graceful shutdown has
+        ended): whatever still runs has no one waiting, so it is terminated, and a run that
+        does not stop within ``grace`` seconds is abandoned (``abandoned``), never awaited.
+        """
         self._stopping = True
         self._wakeup.set()
+        if self._running is not None and all(p.future.done() for p in self._batch):
+            self._running.terminate()
         if self._task is not None:
-            await self._task
+            try:
+                async with asyncio.timeout(grace):
+                    await asyncio.shield(self._task)
+            except TimeoutError:
+                log.error(
+                    "a model run did not stop within %gs of shutdown (onnxruntime was asked "
+                    "to terminate it); exiting without it",
+                    grace,
+                )
+                self.abandoned = True
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                return
         self._executor.shutdown(wait=True)
 
-    async def infer(self, arrays: Arrays, usage: Usage | None = None) -> Outputs:
+    def stuck_seconds(self) -> float | None:
+        """How long the run on the compute thread has outlived its deadline; None if none."""
+        running = self._running
+        if running is None or running.deadline is None:
+            return None
+        late = asyncio.get_running_loop().time() - running.deadline
+        return late if late > 0 else None
+
+    async def infer(
+        self, arrays: Arrays, usage: Usage | None = None, deadline: float | None = None
+    ) -> Outputs:
         if self._stopping:
             raise NotReady("the server is shutting down")
         if len(self._queue) >= self.max_queued:
@@ -104,7 +166,14 @@ class Batcher:
                 retry_after,
             )
         loop = asyncio.get_running_loop()
-        pending = _Pending(arrays, rows(arrays), self._key(arrays), loop.create_future(), usage)
+        pending = _Pending(
+            arrays,
+            self.model.rows(arrays),
+            self._key(arrays),
+            loop.create_future(),
+            usage,
+            deadline,
+        )
         self._queue.append(pending)
         self._wakeup.set()
         return await pending.future
@@ -126,7 +195,9 @@ class Batcher:
             if not batch:
                 continue
             await self._wait_for_arrivals(batch)
+            self._batch = batch
             await self._run(batch)
+            self._batch = []
             del batch  # else the last batch's tensors live on while the lane idles
 
     def _take(self, batch: list[_Pending]) -> list[_Pending]:
@@ -174,10 +245,12 @@ class Batcher:
             merged = {
                 name: np.concatenate([p.arrays[name] for p in batch]) for name in batch[0].arrays
             }
+        deadlines = [p.deadline for p in batch]
+        deadline = None if None in deadlines else max(d for d in deadlines if d is not None)
         try:
-            outputs = await self._compute(self.model.run, merged)
+            outputs = await self._compute(self.model.run, merged, deadline)
         except Exception as exc:  # noqa: BLE001 - delivered to every caller of the batch
-            if len(batch) > 1:
+            if len(batch) > 1 and not isinstance(exc, RunTerminated):
                 await self._run_one_by_one(batch)  # one bad request must not fail the others
                 return
             _deliver(batch[0], error=exc)
@@ -189,6 +262,7 @@ class Batcher:
             for pending in batch:
                 if pending.usage is not None:
                     pending.usage.compute_seconds += seconds * pending.rows / max(total, 1)
+                    pending.usage.ran = True
         if len(batch) == 1:
             _deliver(batch[0], result=outputs)
         elif all(o.ndim and o.shape[0] == total for o in outputs):
@@ -202,12 +276,20 @@ class Batcher:
 
     async def _run_one_by_one(self, batch: list[_Pending]) -> None:
         for pending in batch:
+            if pending.future.done():  # its caller stopped waiting meanwhile
+                continue
             try:
-                _deliver(pending, result=await self._compute(self.model.run, pending.arrays))
+                outputs = await self._compute(self.model.run, pending.arrays, pending.deadline)
+                _deliver(pending, result=outputs)
             except Exception as exc:  # noqa: BLE001
                 _deliver(pending, error=exc)
 
-    async def _compute(self, function: Callable[[Arrays], Outputs], arrays: Arrays) -> Outputs:
+    async def _compute(
+        self,
+        function: Callable[[Arrays, ort.RunOptions | None], Outputs],
+        arrays: Arrays,
+        deadline: float | None = None,
+    ) -> Outputs:
         """Short runs inline on the event loop; long ones on the compute thread.
 
         Handing a run to the thread and back costs tens of microseconds and two
@@ -217,16 +299,31 @@ class Batcher:
         so does a run of more rows than a batch holds (one large request).
         """
         short = self._typical_run_seconds < INLINE_RUN_SECONDS
-        if short and rows(arrays) <= self.max_batch_size:
+        if short and self.model.rows(arrays) <= self.max_batch_size:
             started = time.perf_counter()
-            outputs = function(arrays)
+            outputs = function(arrays, None)
             self._typical_run_seconds = _eased(
                 self._typical_run_seconds, time.perf_counter() - started
             )
             return outputs
         loop = asyncio.get_running_loop()
+        running = self._running = _Running(run_options(self.model.is_large(arrays)), deadline)
+        timer = None if deadline is None else loop.call_at(deadline, running.terminate)
         started = time.perf_counter()
-        outputs = await loop.run_in_executor(self._executor, function, arrays)
+        try:
+            outputs = await loop.run_in_executor(self._executor, function, arrays, running.options)
+        except Exception:
+            if running.terminated:
+                self.metrics.runs_terminated.inc()
+                raise RunTerminated(
+                    "the run was terminated at the request's deadline "
+                    "(runtime.requestTimeoutSeconds)"
+                ) from None
+            raise
+        finally:
+            self._running = None
+            if timer is not None:
+                timer.cancel()
         self._typical_run_seconds = _eased(self._typical_run_seconds, time.perf_counter() - started)
         return outputs
 

@@ -21,7 +21,7 @@ from modelplane_runtime.batching import Batcher, Usage
 from modelplane_runtime.errors import ModelNotFound, NotReady
 from modelplane_runtime.memory import MemoryBudget, memory_limit
 from modelplane_runtime.metrics import RuntimeMetrics
-from modelplane_runtime.model import OnnxModel, rows
+from modelplane_runtime.model import OnnxModel
 from modelplane_runtime.protocol import InferenceRequest
 
 log = logging.getLogger("modelplane.runtime")
@@ -113,6 +113,11 @@ class InferenceEngine:
         if self._batcher is not None:
             await self._batcher.stop()
 
+    @property
+    def abandoned_run(self) -> bool:
+        """Shutdown gave up on a run that would not stop: the process must exit without it."""
+        return self._batcher is not None and self._batcher.abandoned
+
     def drain(self) -> None:
         """Shutting down: readiness turns false; requests already accepted are answered."""
         self._draining = True
@@ -143,6 +148,12 @@ class InferenceEngine:
         """Why a request cannot be served. Draining is not a reason: accepted means answered."""
         if self._batcher is None:
             return self.not_ready_reason or "the model is loading"
+        late = self._batcher.stuck_seconds()
+        if late is not None:
+            return (
+                f"the compute lane is stuck: a run has outlived its deadline by {late:.0f}s "
+                "(onnxruntime was asked to terminate it)"
+            )
         return None
 
     def model_for(self, name: str) -> OnnxModel:
@@ -164,23 +175,28 @@ class InferenceEngine:
         *,
         large: bool = False,
         usage: Usage | None = None,
+        deadline: float | None = None,
     ) -> tuple[OnnxModel, dict[str, np.ndarray[Any, Any]]]:
         """The model and its requested outputs (all of them when none are named).
 
         A ``large`` request's tensors are decoded on a worker thread, so that the event
-        loop keeps answering (health probes above all) meanwhile."""
+        loop keeps answering (health probes above all) meanwhile. Its rows are counted on
+        the model's batch axis and checked against a row limit from the declared shapes,
+        before any data is decoded. After ``deadline`` (the event loop's clock) its run may
+        be terminated."""
         model = self.model_for(name)
         batcher = self._batcher
         if batcher is None:  # model_for checked readiness; this guards a logic error
             raise NotReady(f"model '{name}' is not ready")
         selected = model.check_outputs([o.name for o in request.outputs or []])
         decode, inputs = model.decode_inputs, request.inputs
-        arrays = await off_the_loop(decode, inputs) if large else decode(inputs)
         if usage is not None:
-            usage.rows = rows(arrays)
-            if usage.admit_rows is not None:  # before the queue, not after waiting in it
+            usage.rows = model.declared_rows(inputs)
+            if usage.admit_rows is not None:  # before decoding and queueing, not after
                 usage.admit_rows(usage.rows)
-        outputs = await batcher.infer(arrays, usage)  # the caller bounds the request's time
+        arrays = await off_the_loop(decode, inputs) if large else decode(inputs)
+        # the caller bounds the request's time
+        outputs = await batcher.infer(arrays, usage, deadline)
         by_name = dict(zip(model.output_names, outputs, strict=True))
         return model, {n: by_name[n] for n in selected or model.output_names}
 

@@ -60,6 +60,12 @@ _QUEUE_FULL = Counter(
     "Inference requests refused with 503 because the batcher's queue was full.",
     ["model"],
 )
+_RUNS_TERMINATED = Counter(
+    "modelplane_runs_terminated",
+    "onnxruntime runs terminated because every request in their batch had passed its "
+    "deadline (runtime.requestTimeoutSeconds).",
+    ["model"],
+)
 _CONNECTIONS_REFUSED = Counter(
     "modelplane_connections_refused",
     "Client connections answered and closed before a request reached the application, by HTTP"
@@ -121,6 +127,7 @@ class RuntimeMetrics:
         self.pending = _PENDING.labels(model)
         self.queue_full = _QUEUE_FULL.labels(model)
         self.memory_refused = _MEMORY_REFUSED.labels(model)
+        self.runs_terminated = _RUNS_TERMINATED.labels(model)
 
     def failure(self, status: int) -> None:
         _REQUESTS.labels(self.model, failure_outcome(status)).inc()
@@ -142,6 +149,7 @@ class ConsumerMeter:
         "consumer",
         "model",
         "outcomes",
+        "refused_rows",
         "request_bytes",
         "response_bytes",
         "rows",
@@ -152,6 +160,7 @@ class ConsumerMeter:
         self.consumer = consumer
         self.outcomes: dict[str, int] = {}
         self.rows = 0
+        self.refused_rows = 0
         self.compute_seconds = 0.0
         self.request_bytes = 0
         self.response_bytes = 0
@@ -166,10 +175,16 @@ class ConsumerMeter:
         compute_seconds: float,
         request_bytes: int,
         response_bytes: int,
+        *,
+        ran: bool,
     ) -> None:
-        """One inference request, answered (``success``) or not (a failure outcome)."""
+        """One inference request, answered (``success``) or not (a failure outcome). Its
+        rows are billed only if they ran; those refused over a row limit are counted apart."""
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
-        self.rows += rows
+        if ran:
+            self.rows += rows
+        elif outcome == "429":
+            self.refused_rows += rows
         self.compute_seconds += compute_seconds
         self.request_bytes += request_bytes
         self.response_bytes += response_bytes
@@ -180,6 +195,12 @@ class ConsumerMeter:
 # series (counters never go back).
 _USAGE_SERIES = (
     ("modelplane_consumer_rows", "Rows (the batch axis) inferred per consumer.", "rows"),
+    (
+        "modelplane_consumer_refused_rows",
+        "Rows of requests refused with 429 over the consumer's row rate: not inferred, "
+        "so not in modelplane_consumer_rows.",
+        "refused_rows",
+    ),
     (
         "modelplane_consumer_compute_seconds",
         "onnxruntime time per consumer (each batch's run time shared by its rows).",

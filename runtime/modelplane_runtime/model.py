@@ -38,6 +38,15 @@ _SHRINK_ARENA = ort.RunOptions()
 _SHRINK_ARENA.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
 
+def run_options(large: bool) -> ort.RunOptions:
+    """Options of their own for one run, so that it alone can be terminated (``terminate``
+    is checked between nodes, and inside Loop and If bodies)."""
+    options = ort.RunOptions()
+    if large:
+        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return options
+
+
 class ModelLoadError(ServingError):
     """The model cannot serve; the message becomes the readiness detail."""
 
@@ -191,6 +200,12 @@ class OnnxModel:
             spec.shape and spec.shape[0] == -1
             for spec in (*self.inputs.values(), *self.outputs.values())
         )
+        # The inputs whose first axis is the batch axis, which rows are counted on whatever
+        # order a request lists its inputs in (a scalar listed first must not make it 1 row):
+        # those with a dynamic first axis; without any, a fixed one (a fixed batch).
+        self.batch_inputs = tuple(
+            name for name, spec in self.inputs.items() if spec.shape and spec.shape[0] == -1
+        ) or tuple(name for name, spec in self.inputs.items() if spec.shape)
 
     @classmethod
     def load(
@@ -301,12 +316,37 @@ class OnnxModel:
             )
         return list(names)
 
-    def run(self, arrays: Mapping[str, np.ndarray[Any, Any]]) -> list[np.ndarray[Any, Any]]:
+    def rows(self, arrays: Mapping[str, np.ndarray[Any, Any]]) -> int:
+        """A request's rows: its size along the model's batch axis (1 without one)."""
+        if self.batchable:  # every input has the batch axis, and decode_inputs checked
+            return rows(arrays)  # that they agree
+        sizes = [arrays[n].shape[0] for n in self.batch_inputs if n in arrays]
+        return int(max(sizes)) if sizes else 1
+
+    def declared_rows(self, inputs: Sequence[RequestInput]) -> int:
+        """The rows a request declares (its shapes, before any data is decoded): what a row
+        limit is checked against. A shape that does not fit is refused by decoding later."""
+        sizes = [
+            item.shape[0]
+            for item in inputs
+            if item.shape and item.name in self.batch_inputs and isinstance(item.shape[0], int)
+        ]
+        return max(0, *sizes) if sizes else 1
+
+    def is_large(self, arrays: Mapping[str, np.ndarray[Any, Any]]) -> bool:
+        return sum(a.nbytes for a in arrays.values()) >= LARGE_RUN_BYTES
+
+    def run(
+        self,
+        arrays: Mapping[str, np.ndarray[Any, Any]],
+        options: ort.RunOptions | None = None,
+    ) -> list[np.ndarray[Any, Any]]:
         """All outputs, in signature order. Blocking: call it off the event loop."""
-        large = sum(a.nbytes for a in arrays.values()) >= LARGE_RUN_BYTES
+        if options is None and self.is_large(arrays):
+            options = _SHRINK_ARENA
         try:
             outputs: list[np.ndarray[Any, Any]] = self.session.run(
-                self.output_names, arrays, _SHRINK_ARENA if large else None
+                self.output_names, arrays, options
             )
         except ort.capi.onnxruntime_pybind11_state.InvalidArgument as exc:
             raise BadRequest(f"the model rejected the input: {_first_line(exc)}") from None

@@ -6,12 +6,15 @@ runs one model in one process, so the runtime starts the same ASGI app
 
 Shutdown: on SIGTERM or SIGINT readiness turns false at once, uvicorn stops
 accepting connections, every request in flight finishes (up to the request
-timeout), the batcher drains, then the process exits.
+timeout), the batcher drains, then the process exits. A run that outlives every
+deadline and ignores onnxruntime's terminate flag is not waited for: the process
+exits (status 1) without it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from types import FrameType
@@ -115,6 +118,9 @@ def serve(settings: RuntimeSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _drained)
     _DrainingServer(config, engine).run()
+    if engine.abandoned_run:  # its thread would hold up the interpreter's exit for ever
+        logging.shutdown()
+        os._exit(1)
 
 
 def _access_control(settings: RuntimeSettings) -> AccessControl | None:

@@ -165,7 +165,9 @@ async def infer(request: Request, engine: InferenceEngine) -> Response:
                 parsed = await off_the_loop(_parse, json_part) if large else _parse(json_part)
                 del body, json_part
                 attach_binary_inputs(parsed, binary)
-                model, outputs = await engine.infer(name, parsed, large=large, usage=usage)
+                model, outputs = await engine.infer(
+                    name, parsed, large=large, usage=usage, deadline=reader.answer_by
+                )
             # (a coroutine call costs every small request a microsecond or two)
             content, headers = (
                 await off_the_loop(encode_response, model.name, parsed, outputs)
@@ -191,7 +193,12 @@ async def infer(request: Request, engine: InferenceEngine) -> Response:
         engine.metrics.pending.dec()
         if consumer is not None and usage is not None:
             consumer.meter.record(
-                outcome, usage.rows, usage.compute_seconds, request_bytes, response_bytes
+                outcome,
+                usage.rows,
+                usage.compute_seconds,
+                request_bytes,
+                response_bytes,
+                ran=usage.ran,
             )
     engine.metrics.success.inc()
     return response
