@@ -53,8 +53,25 @@ FETCHED_MODEL_DIR = "model"
 # reports how it got the model as its termination message, "model cache <outcome>".
 MODEL_CACHE_DIR = "/mnt/model-cache"
 MODEL_CACHE_REPORT = "model cache "
-MAX_MODEL_BYTES = 1 << 40  # what an archive or directory may unpack to (1 TiB)
-MAX_MODEL_FILES = 10_000
+MAX_MODEL_BYTES = 1 << 40  # what a fetch may write, when no volume sizeLimit bounds it (1 TiB)
+MAX_MODEL_FILES = 10_000  # entries (files and directories) in an archive or directory
+# An archive unpacking to more than this many times its own size is refused as a bomb
+# (deflate and gzip reach about 1000x on zeros; ONNX weights compress to about 1.1x).
+MAX_COMPRESSION_RATIO = 100
+# The operator's default sizeLimit of the emptyDir a fetched model lands in; the fetch's
+# byte cap follows it (runtime.modelVolumeSizeLimit in the chart).
+MODEL_VOLUME_SIZE_LIMIT = "100Gi"
+# A download that stalls must not hang: no byte for FETCH_STALL_SECONDS ends an attempt;
+# transient failures (a refused or reset connection, a stall, 408, 429, 5xx) are retried
+# with backoff, resuming with Range where the server allows it, until FETCH_ATTEMPTS in a
+# row made no progress or the whole fetch has run for FETCH_BUDGET_SECONDS. Then the fetch
+# exits writing "FetchStalled: <the attempt and the last error>" as its termination
+# message; while the kubelet runs it again, the status says "Retrying".
+FETCH_STALL_SECONDS = 60
+FETCH_BUDGET_SECONDS = 3 * 3600
+FETCH_ATTEMPTS = 5
+FETCH_STALLED = "FetchStalled"
+FETCH_RETRYING = "Retrying"
 
 # --- onnxruntime ----------------------------------------------------------------------------
 

@@ -76,6 +76,44 @@ def _fetch_failure(pods: Sequence[Obj]) -> str | None:
     return None
 
 
+def _fetch_stalled(pods: Sequence[Obj]) -> Verdict | None:
+    """A fetch that gave up on failures that may pass (a stall, resets, 5xx, 429): its
+    termination message says "FetchStalled: <the attempt and the last error>". While the
+    kubelet runs it again, the fetch is Retrying (run N since when); until then, Stalled."""
+    prefix = facts.FETCH_STALLED + ": "
+    for pod in pods:
+        for status in pod.get("status", {}).get("initContainerStatuses", []):
+            if status.get("name") != names.FETCH_CONTAINER:
+                continue
+            current = status.get("state") or {}
+            ended = (current.get("terminated") or {}) or (
+                (status.get("lastState") or {}).get("terminated") or {}
+            )
+            message = (ended.get("message") or "").strip()
+            if ended.get("exitCode") in (0, None) or not message.startswith(prefix):
+                continue
+            why = message.removeprefix(prefix)
+            if (running := current.get("running")) is not None:
+                run = int(status.get("restartCount") or 0) + 1
+                since = running.get("startedAt") or "an unknown time"
+                return Verdict(
+                    False,
+                    facts.FETCH_RETRYING,
+                    f"fetching the model again (run {run} of the fetch, since {since}); "
+                    f"the last run stalled: {why}",
+                )
+            return Verdict(False, facts.FETCH_STALLED, f"the model fetch stalled: {why}")
+    return None
+
+
+def _fetch_trouble(pods: Sequence[Obj]) -> Verdict | None:
+    if (stalled := _fetch_stalled(pods)) is not None:
+        return stalled
+    if (failure := _fetch_failure(pods)) is not None:
+        return Verdict(False, "ModelFetchFailed", f"the model fetch failed: {failure}")
+    return None
+
+
 def _load_failure(pods: Sequence[Obj]) -> str | None:
     """What a runtime that could not load its model said as it exited (its termination
     message), while it has not come up since."""
@@ -169,8 +207,8 @@ def judge_deployment(  # noqa: PLR0911 - one early answer per reason reads best
             str(refused.get("message", "the pods could not be created")),
             stalled=True,
         )
-    if (failure := _fetch_failure(pods)) is not None:
-        return Verdict(False, "ModelFetchFailed", f"the model fetch failed: {failure}")
+    if (fetch := _fetch_trouble(pods)) is not None:
+        return fetch
     if (failure := _load_failure(pods)) is not None:
         return Verdict(False, facts.MODEL_LOAD_FAILED, failure)
     if (why := _unschedulable(pods)) is not None:

@@ -8,6 +8,7 @@ In a pod, ``serve`` with no arguments reads every setting from MODELPLANE_*.
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from modelplane_api.cli import (
     run,
 )
 from modelplane_api.settings import RuntimeSettings
+from modelplane_runtime.download import Patience
 from modelplane_runtime.errors import ServingError
 
 
@@ -55,13 +57,40 @@ def _new_key(args: argparse.Namespace) -> int:
 
 
 def _fetch(args: argparse.Namespace) -> int:
+    from modelplane_runtime.errors import FetchStalled
+    from modelplane_runtime.logs import configure_logging, write_termination_message
+
+    configure_logging()  # the fetch's progress, in the init container's log
+    try:
+        return _fetch_model(args)
+    except FetchStalled as exc:
+        # The status says so (FetchStalled now, Retrying while the kubelet runs it again).
+        write_termination_message(
+            _termination_message_path(), f"{facts.FETCH_STALLED}: {exc.message}"
+        )
+        raise
+
+
+def _termination_message_path() -> Path:
+    """The kubelet's file in a pod; a test names another (the variable `serve` reads too)."""
+    return Path(
+        os.environ.get("MODELPLANE_TERMINATION_MESSAGE_PATH", facts.TERMINATION_MESSAGE_PATH)
+    )
+
+
+def _patience(args: argparse.Namespace) -> Patience:
+    return Patience(
+        stall_seconds=args.stall_seconds,
+        budget_seconds=args.budget_seconds,
+        attempts=args.attempts,
+    )
+
+
+def _fetch_model(args: argparse.Namespace) -> int:
     from urllib.parse import urlsplit
 
     from modelplane_runtime.archives import is_archive
     from modelplane_runtime.fetch import fetch, fetch_tree
-    from modelplane_runtime.logs import configure_logging
-
-    configure_logging()  # the fetch's progress, in the init container's log
 
     tree = args.uri.endswith("/") or is_archive(urlsplit(args.uri).path)
     if args.cache is not None:
@@ -73,11 +102,19 @@ def _fetch(args: argparse.Namespace) -> int:
             sha256=args.sha256,
             max_bytes=args.max_bytes,
             max_files=args.max_files,
+            max_ratio=args.max_ratio,
+            patience=_patience(args),
         )
         checked = f"sha256 {digest}" if digest else "no sha256 given: not verified"
         print(f"fetched {args.uri} -> {args.destination}/ ({checked})")
         return 0
-    digest = fetch(args.uri, Path(args.destination), sha256=args.sha256)
+    digest = fetch(
+        args.uri,
+        Path(args.destination),
+        sha256=args.sha256,
+        max_bytes=args.max_bytes,
+        patience=_patience(args),
+    )
     print(f"fetched {args.uri} -> {args.destination} (sha256 {digest})")
     return 0
 
@@ -100,7 +137,13 @@ def _fetch_cached(args: argparse.Namespace, *, tree: bool) -> int:
 
         def unpack(archive: Path, into: Path) -> None:
             into.mkdir()
-            extract(archive, into, max_bytes=args.max_bytes, max_files=args.max_files)
+            extract(
+                archive,
+                into,
+                max_bytes=args.max_bytes,
+                max_files=args.max_files,
+                max_ratio=args.max_ratio,
+            )
 
         form = Archive(Path(urlsplit(args.uri).path).name, unpack)
     elif tree:
@@ -114,10 +157,17 @@ def _fetch_cached(args: argparse.Namespace, *, tree: bool) -> int:
                 sha256=args.sha256,
                 max_bytes=args.max_bytes,
                 max_files=args.max_files,
+                patience=_patience(args),
                 keep_manifest=True,
             )
         else:
-            fetch(args.uri, target, sha256=args.sha256)
+            fetch(
+                args.uri,
+                target,
+                sha256=args.sha256,
+                max_bytes=args.max_bytes,
+                patience=_patience(args),
+            )
 
     outcome = fetch_through_cache(
         Path(args.cache),
@@ -128,9 +178,7 @@ def _fetch_cached(args: argparse.Namespace, *, tree: bool) -> int:
         max_bytes=args.cache_max_bytes,
     )
     print(f"fetched {args.uri} -> {args.destination} (sha256 {args.sha256}, cache {outcome})")
-    write_termination_message(
-        Path(facts.TERMINATION_MESSAGE_PATH), facts.MODEL_CACHE_REPORT + outcome
-    )
+    write_termination_message(_termination_message_path(), facts.MODEL_CACHE_REPORT + outcome)
     return 0
 
 
@@ -210,10 +258,39 @@ def add_commands(commands: argparse._SubParsersAction[Parser]) -> None:
         "--max-bytes",
         type=int,
         default=facts.MAX_MODEL_BYTES,
-        help="most bytes a directory or archive may unpack to",
+        help="most bytes the fetch may write (a file; a directory; an archive and what it"
+        " unpacks to, together): in a pod, the model volume's sizeLimit",
     )
     fetch.add_argument(
-        "--max-files", type=int, default=facts.MAX_MODEL_FILES, help="most files it may hold"
+        "--max-files",
+        type=int,
+        default=facts.MAX_MODEL_FILES,
+        help="most files and directories a directory or archive may hold",
+    )
+    fetch.add_argument(
+        "--max-ratio",
+        type=float,
+        default=facts.MAX_COMPRESSION_RATIO,
+        help="most an archive may unpack to, in multiples of its own size",
+    )
+    fetch.add_argument(
+        "--stall-seconds",
+        type=float,
+        default=facts.FETCH_STALL_SECONDS,
+        help="an http(s) attempt that receives no byte for this long fails, and is retried",
+    )
+    fetch.add_argument(
+        "--budget-seconds",
+        type=float,
+        default=facts.FETCH_BUDGET_SECONDS,
+        help="the longest an http(s) fetch may take, retries included",
+    )
+    fetch.add_argument(
+        "--attempts",
+        type=int,
+        default=facts.FETCH_ATTEMPTS,
+        help="give up after this many attempts in a row that fetched nothing"
+        " (refused, reset, stalled, 408, 429, 5xx)",
     )
     fetch.add_argument(
         "--cache",

@@ -101,6 +101,11 @@ class FetchError(ServingError):
 NO_ROOM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
+class FetchStalled(FetchError):
+    """A download that kept failing for reasons that may pass (stalls, resets, 5xx, 429)
+    until its attempts or its time budget ran out: the kubelet may run the fetch again."""
+
+
 class NoRoom(FetchError):
     """A fetch stopped because its volume is full; the model cache falls back on it."""
 

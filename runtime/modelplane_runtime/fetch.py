@@ -1,8 +1,10 @@
 """Copy a model from a URI to a local file: streamed, sha256-verified, atomic.
 
-fsspec speaks the protocols (file, http(s), and s3/gs through s3fs/gcsfs, which
-read the usual cloud credentials from the environment or workload identity).
-The file appears at its destination only complete and verified.
+http(s) goes through modelplane_runtime.download (a stall timeout, retries with
+backoff, resume, a time budget); fsspec speaks the other protocols (file, and s3/gs
+through s3fs/gcsfs, which read the usual cloud credentials from the environment or
+workload identity, and retry with their own clients' timeouts). The file appears at
+its destination only complete and verified, and never larger than ``max_bytes``.
 """
 
 from __future__ import annotations
@@ -18,38 +20,48 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 from modelplane_api.facts import (
     ARCHIVE_SUFFIXES,
     FETCH_SCHEMES,
     MANIFEST_FILE,
+    MAX_COMPRESSION_RATIO,
     MAX_MODEL_BYTES,
     MAX_MODEL_FILES,
     SHA256_PATTERN,
 )
 from modelplane_runtime.archives import extract, is_archive, replace_directory
+from modelplane_runtime.download import Patience, download
 from modelplane_runtime.errors import NO_ROOM_ERRNOS, FetchError, NoRoom
 
 log = logging.getLogger("modelplane.fetch")
 
-_PROTOCOL_PACKAGES = {"s3": "s3fs", "gs": "gcsfs", "http": "aiohttp", "https": "aiohttp"}
+_PROTOCOL_PACKAGES = {"s3": "s3fs", "gs": "gcsfs"}
 _CHUNK = 1 << 20
 
 
-def fetch(uri: str, destination: Path, *, sha256: str | None = None) -> str:
+def fetch(
+    uri: str,
+    destination: Path,
+    *,
+    sha256: str | None = None,
+    max_bytes: int | None = None,
+    patience: Patience | None = None,
+) -> str:
     """Copy ``uri`` to ``destination``; return the sha256 of what was written."""
     _check_request(uri, sha256)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_staging(destination)
-    descriptor, partial = tempfile.mkstemp(
-        dir=destination.parent, prefix=f".{destination.name}.", suffix=".part"
-    )
+    with _errors_named(uri):
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_staging(destination)
+        descriptor, partial = tempfile.mkstemp(
+            dir=destination.parent, prefix=f".{destination.name}.", suffix=".part"
+        )
     os.close(descriptor)
     try:
         with _errors_named(uri):
-            actual = _copy_file(uri, Path(partial))
+            actual = _copy_file(uri, Path(partial), max_bytes, patience)
             if sha256 is not None and actual != sha256:
                 raise FetchError(f"'{uri}' has sha256 {actual}, not the expected {sha256}")
             os.replace(partial, destination)
@@ -110,6 +122,8 @@ def fetch_tree(
     sha256: str | None = None,
     max_bytes: int = MAX_MODEL_BYTES,
     max_files: int = MAX_MODEL_FILES,
+    max_ratio: float = MAX_COMPRESSION_RATIO,
+    patience: Patience | None = None,
     keep_manifest: bool = False,
 ) -> str | None:
     """Copy a model directory (``uri`` ending in ``/``) or archive (.tar, .tar.gz, .tgz,
@@ -118,18 +132,37 @@ def fetch_tree(
     ``sha256`` is the archive's digest, or for a directory the digest of its SHA256SUMS
     manifest, which then lists every file fetched with its own digest (an http(s)
     directory needs one: it cannot be listed); ``keep_manifest`` keeps that manifest in
-    the tree (the model cache checks an entry against it). Return the digest checked."""
+    the tree (the model cache checks an entry against it). Return the digest checked.
+
+    ``max_bytes`` bounds what the fetch writes to the volume at once (an archive and what
+    it unpacks to, together), ``max_files`` the entries, files and directories alike, and
+    ``max_ratio`` what an archive unpacks to, in multiples of its own size."""
     _check_request(uri, sha256)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_staging(destination)
-    staged = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}."))
+    with _errors_named(uri):
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_staging(destination)
+        staged = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}."))
     try:
         with _errors_named(uri):
             if is_archive(urlsplit(uri).path):
-                digest: str | None = _fetch_archive(uri, staged, sha256, max_bytes, max_files)
+                digest: str | None = _fetch_archive(
+                    uri,
+                    staged,
+                    sha256,
+                    max_bytes=max_bytes,
+                    max_files=max_files,
+                    max_ratio=max_ratio,
+                    patience=patience,
+                )
             elif uri.endswith("/"):
                 digest = _fetch_directory(
-                    uri, staged, sha256, max_bytes, max_files, keep_manifest=keep_manifest
+                    uri,
+                    staged,
+                    sha256,
+                    max_bytes,
+                    max_files,
+                    keep_manifest=keep_manifest,
+                    patience=patience,
                 )
             else:
                 raise FetchError(
@@ -143,15 +176,28 @@ def fetch_tree(
 
 
 def _fetch_archive(
-    uri: str, staged: Path, sha256: str | None, max_bytes: int, max_files: int
+    uri: str,
+    staged: Path,
+    sha256: str | None,
+    *,
+    max_bytes: int,
+    max_files: int,
+    max_ratio: float,
+    patience: Patience | None,
 ) -> str:
     name = PurePosixPath(urlsplit(uri).path).name
     archive = staged.with_name(staged.name + "-" + name)
     try:
-        digest = _copy_file(uri, archive, max_bytes)
+        digest = _copy_file(uri, archive, max_bytes, patience)
         if sha256 is not None and digest != sha256:
             raise FetchError(f"'{uri}' has sha256 {digest}, not the expected {sha256}")
-        extract(archive, staged, max_bytes=max_bytes, max_files=max_files)
+        extract(
+            archive,
+            staged,
+            max_bytes=max_bytes - archive.stat().st_size,  # both are on the volume at once
+            max_files=max_files,
+            max_ratio=max_ratio,
+        )
     finally:
         archive.unlink(missing_ok=True)
     return digest
@@ -165,6 +211,7 @@ def _fetch_directory(
     max_files: int,
     *,
     keep_manifest: bool = False,
+    patience: Patience | None = None,
 ) -> str | None:
     import fsspec
 
@@ -180,7 +227,7 @@ def _fetch_directory(
         wanted: dict[str, str | None] = dict.fromkeys(names)
     else:
         manifest = staged / MANIFEST_FILE
-        if _copy_file(uri + MANIFEST_FILE, manifest, 1 << 24) != sha256:
+        if _copy_file(uri + MANIFEST_FILE, manifest, 1 << 24, patience) != sha256:
             raise FetchError(f"{uri}{MANIFEST_FILE} does not have the expected sha256 {sha256}")
         wanted = read_manifest(manifest)
         if not keep_manifest:
@@ -190,7 +237,7 @@ def _fetch_directory(
     total = 0
     for name, expected in wanted.items():
         target = _inside(staged, name)
-        digest = _copy_file(uri + name, target, max_bytes - total)
+        digest = _copy_file(uri + name, target, max_bytes - total, patience)
         total += target.stat().st_size
         if expected is not None and digest != expected:
             raise FetchError(
@@ -239,27 +286,58 @@ def _inside(root: Path, name: str) -> Path:
     return target
 
 
-def _copy_file(uri: str, target: Path, max_bytes: int | None = None) -> str:
+def _copy_file(
+    uri: str, target: Path, max_bytes: int | None = None, patience: Patience | None = None
+) -> str:
     """Stream ``uri`` into ``target`` (at most ``max_bytes``), synced; return its sha256."""
-    import fsspec
+    with target.open("wb") as out:
+        sink = _Written(uri, out, max_bytes)
+        if urlsplit(uri).scheme in {"http", "https"}:
+            download(uri, sink, patience)  # one streamed GET per attempt, never ranges of it
+        else:
+            import fsspec
 
-    digest = hashlib.sha256()
-    progress = _Progress(uri)
-    # Over http(s), one streamed GET: fsspec's default is range requests of 5 MiB each,
-    # which a server without range support refuses for any file over one block.
-    streamed = {"block_size": 0} if urlsplit(uri).scheme in {"http", "https"} else {}
-    opened = fsspec.open(uri, "rb", **streamed)
-    with opened as source, target.open("wb") as out:
-        progress.total = getattr(source, "size", None) or _size(opened)
-        while chunk := source.read(_CHUNK):
-            progress.advance(len(chunk))
-            if max_bytes is not None and progress.done > max_bytes:
-                raise FetchError(f"'{uri}' is larger than the cap of {max_bytes} bytes")
-            digest.update(chunk)
-            out.write(chunk)
+            opened = fsspec.open(uri, "rb")
+            with opened as source:
+                sink.expect(getattr(source, "size", None) or _size(opened))
+                while chunk := source.read(_CHUNK):
+                    sink.write(chunk)
         out.flush()
         os.fsync(out.fileno())
-    return digest.hexdigest()
+    return sink.digest.hexdigest()
+
+
+class _Written:
+    """Where a download's bytes go: capped, hashed and counted as they arrive."""
+
+    def __init__(self, uri: str, out: IO[bytes], max_bytes: int | None) -> None:
+        self.uri = uri
+        self.out = out
+        self.max_bytes = max_bytes
+        self.digest = hashlib.sha256()
+        self.progress = _Progress(uri)
+        self.written = 0
+
+    def expect(self, total: int | None) -> None:
+        self.progress.total = total
+        if total is not None and self.max_bytes is not None and total > self.max_bytes:
+            raise FetchError(
+                f"'{self.uri}' is {total} bytes, larger than the cap of {self.max_bytes} bytes"
+            )
+
+    def write(self, chunk: bytes) -> None:
+        self.written += len(chunk)
+        self.progress.advance(len(chunk))
+        if self.max_bytes is not None and self.written > self.max_bytes:
+            raise FetchError(f"'{self.uri}' is larger than the cap of {self.max_bytes} bytes")
+        self.digest.update(chunk)
+        self.out.write(chunk)
+
+    def restart(self) -> None:
+        self.out.seek(0)
+        self.out.truncate()
+        self.digest = hashlib.sha256()
+        self.written = self.progress.done = 0
 
 
 def _size(opened: Any) -> int | None:
