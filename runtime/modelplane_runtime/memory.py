@@ -117,6 +117,29 @@ class Reservation:
         budget.in_use += needed
         self.held += needed
 
+    def charge(self, extra: int, what: str) -> None:
+        """Hold ``extra`` bytes more, for what the body's size does not show (``what``): 413
+        if the request could never fit, 503 while others hold the budget."""
+        budget = self.budget
+        if budget.total is None or extra <= 0:
+            return
+        if self.held + extra > budget.total:
+            raise PayloadTooLarge(
+                f"this request ({what}) needs about {(self.held + extra) >> 20} MiB to serve, "
+                "more than this "
+                f"pod's request memory budget of {budget.total >> 20} MiB; raise the memory "
+                "limit or send smaller requests"
+            )
+        if budget.in_use + extra > budget.total:
+            budget._on_refusal()
+            raise Overloaded(
+                f"not enough memory for this request ({what}) beside the requests in flight "
+                f"({budget.in_use >> 20} of {budget.total >> 20} MiB in use); retry later",
+                retry_after=1,
+            )
+        budget.in_use += extra
+        self.held += extra
+
     def release(self) -> None:
         budget = self.budget
         budget.in_use -= self.held

@@ -10,13 +10,15 @@ and the element.
 from __future__ import annotations
 
 import math
+import struct
+from array import array as packed
 from typing import Any
 
 import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from modelplane_runtime.errors import BadRequest, ServingError
+from modelplane_runtime.errors import BadRequest, PayloadTooLarge, ServingError
 from modelplane_runtime.json_tensors import decode_data
 
 # OIP datatype <-> numpy dtype, both ways. BF16 is not served. BYTES elements are
@@ -91,6 +93,10 @@ class InferenceRequest(_Wire):
     inputs: list[RequestInput] = Field(min_length=1)
     outputs: list[RequestOutput] | None = None
 
+    @property
+    def has_strings(self) -> bool:
+        return any(item.datatype == "BYTES" for item in self.inputs)
+
 
 def tensor_from_wire(spec: RequestInput, dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:
     """One input's tensor, from its JSON ``data`` or its binary bytes, checked against
@@ -127,39 +133,141 @@ def _tensor_from_bytes(
     return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(spec.shape)
 
 
+# --- BYTES: what they cost, and decoding them without a Python object per element -----------
+
+# At most this many BYTES elements per request (all inputs together), checked from the
+# declared shapes before anything is decoded: each element costs onnxruntime a std::string
+# in and, for string outputs, a Python object out, whatever its size on the wire.
+MAX_STRING_ELEMENTS = 1 << 20
+# What one BYTES element costs beyond its text, charged to the request memory budget:
+# onnxruntime's std::string (32 bytes) in and out, an output's Python str (about 50 bytes)
+# and its pointer, its JSON. Measured: 1M elements of 5 bytes into a model with 1.5 string
+# outputs per input element raised the server's RSS by 257 MiB (bench/runtime_limits.py's
+# way: peak RSS over the request).
+STRING_ELEMENT_BYTES = 256
+
+
+def string_cost(request: InferenceRequest) -> int:
+    """The memory a request's BYTES inputs will cost beyond their body, from the declared
+    shapes; 413 over :data:`MAX_STRING_ELEMENTS` elements."""
+    elements = text = 0
+    for item in request.inputs:
+        if item.datatype == "BYTES" and all(d >= 0 for d in item.shape):
+            elements += math.prod(item.shape)
+            text += len(item._binary) if item._binary is not None else 0
+    if elements > MAX_STRING_ELEMENTS:
+        raise PayloadTooLarge(
+            f"the request has {elements} BYTES elements, over the limit of "
+            f"{MAX_STRING_ELEMENTS} per request; send fewer, longer strings or split the request"
+        )
+    return elements * STRING_ELEMENT_BYTES + text
+
+
+# A fixed-width array is used when it is at most this many times the text (plus one byte
+# per element): else one long string among many short ones would cost count x longest.
+_FIXED_WIDTH_SLACK = 4
+_COPY_BYTES = 1 << 20  # of the fixed-width array filled (and checked) at a time
+_WIDE = 4096  # elements wider than this are copied one by one (there are few of them)
+_LENGTH = struct.Struct("<I")
+
+
 def _strings_from_bytes(spec: RequestInput, raw: memoryview) -> np.ndarray[Any, Any]:
-    """BYTES in binary: each element a 4-byte little-endian length, then that many bytes."""
+    """BYTES in binary: each element a 4-byte little-endian length, then that many bytes.
+
+    Decoded into a fixed-width bytes array (numpy ``S``, one NUL at least after each
+    element, which onnxruntime reads as a C string): no Python object per element, and its
+    text checked as UTF-8 a block at a time. Text holding NUL, or lengths too uneven for a
+    fixed width, fall back to an array of Python strings."""
     where = f"input '{spec.name}'"
     count = math.prod(spec.shape)
+    starts, lengths = _element_bounds(where, raw, count, spec.shape)
+    text = int(lengths.sum()) if count else 0
+    width = int(lengths.max()) + 1 if count else 1
+    if count and count * width <= _FIXED_WIDTH_SLACK * (text + count):
+        fixed = _fixed_width(where, raw, starts, lengths, width)
+        if fixed is not None:
+            return fixed.reshape(spec.shape)
     values: list[str] = []
-    offset = 0
-    while offset < len(raw):
-        if len(values) == count:
-            raise BadRequest(
-                f"{where}: binary data holds more than the {count} elements of shape {spec.shape}"
-            )
-        if offset + 4 > len(raw):
-            raise BadRequest(f"{where}: BYTES element {len(values)} has a cut-off length prefix")
-        size = int.from_bytes(raw[offset : offset + 4], "little")
+    for index, (start, length) in enumerate(zip(starts.tolist(), lengths.tolist(), strict=True)):
+        values.append(_text(where, raw[start : start + length], index))
+    return _object_array(values, spec.shape)
+
+
+def _element_bounds(
+    where: str, raw: memoryview, count: int, shape: list[int]
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """Where each element's bytes start, and their lengths (checked against ``raw``)."""
+    starts, lengths = packed("q"), packed("q")
+    offset, total, unpack = 0, len(raw), _LENGTH.unpack_from
+    add_start, add_length = starts.append, lengths.append  # the loop runs once an element
+    for found in range(count):  # never more: a body of empty elements is cut short
+        if offset + 4 > total:
+            if offset == total:
+                raise BadRequest(f"{where}: {found} elements given but shape {shape} needs {count}")
+            raise BadRequest(f"{where}: BYTES element {found} has a cut-off length prefix")
+        (size,) = unpack(raw, offset)
         offset += 4
-        if offset + size > len(raw):
+        add_start(offset)
+        add_length(size)
+        offset += size
+        if offset > total:
             raise BadRequest(
-                f"{where}: BYTES element {len(values)} declares {size} bytes; "
-                f"{len(raw) - offset} remain"
+                f"{where}: BYTES element {found} declares {size} bytes; "
+                f"{total - offset + size} remain"
             )
-        try:
-            values.append(str(raw[offset : offset + size], "utf-8"))
-        except UnicodeDecodeError:
+    if offset < total:
+        raise BadRequest(
+            f"{where}: binary data holds more than the {count} elements of shape {shape}"
+        )
+    return np.frombuffer(starts, dtype=np.int64), np.frombuffer(lengths, dtype=np.int64)
+
+
+def _fixed_width(
+    where: str,
+    raw: memoryview,
+    starts: np.ndarray[Any, Any],
+    lengths: np.ndarray[Any, Any],
+    width: int,
+) -> np.ndarray[Any, Any] | None:
+    """The elements as a ``S{width}`` array, or None if one holds a NUL byte."""
+    source = np.frombuffer(raw, dtype=np.uint8)
+    out = np.zeros((len(starts), width), dtype=np.uint8)
+    columns = np.arange(width)
+    rows = max(1, _COPY_BYTES // width)
+    for low in range(0, len(starts), rows):
+        high = min(low + rows, len(starts))
+        if width > _WIDE:
+            for row in range(low, high):
+                start, length = int(starts[row]), int(lengths[row])
+                out[row, :length] = source[start : start + length]
+            block_text = out[low:high]
+            if np.count_nonzero(block_text) != int(lengths[low:high].sum()):
+                return None  # a NUL inside an element: not representable as a C string
+        else:
+            inside = columns < lengths[low:high, None]
+            picked = source[(starts[low:high, None] + columns)[inside]]
+            if not picked.all():  # a NUL inside an element: not representable as a C string
+                return None
+            out[low:high][inside] = picked
+        block = out[low:high].tobytes()
+        try:  # each element is followed by a NUL, so the block is UTF-8 only if each is
+            block.decode("utf-8")
+        except UnicodeDecodeError as exc:
             raise BadRequest(
-                f"{where}: BYTES element {len(values)} is not UTF-8 text "
+                f"{where}: BYTES element {low + exc.start // width} is not UTF-8 text "
                 "(onnxruntime string tensors hold text)"
             ) from None
-        offset += size
-    if len(values) != count:
+    return out.view(f"S{width}").reshape(-1)
+
+
+def _text(where: str, value: memoryview, index: int) -> str:
+    try:
+        return str(value, "utf-8")
+    except UnicodeDecodeError:
         raise BadRequest(
-            f"{where}: {len(values)} elements given but shape {spec.shape} needs {count}"
-        )
-    return _object_array(values, spec.shape)
+            f"{where}: BYTES element {index} is not UTF-8 text "
+            "(onnxruntime string tensors hold text)"
+        ) from None
 
 
 def _object_array(values: list[str], shape: list[int]) -> np.ndarray[Any, Any]:
@@ -263,14 +371,20 @@ def tensor_to_wire(name: str, array: np.ndarray[Any, Any]) -> dict[str, Any]:
     flat = array.reshape(-1)
     data: Any
     if flat.size > ENCODE_CHUNK:
-        data = orjson.Fragment(_json_in_chunks(flat))
+        data = orjson.Fragment(_json_in_chunks(name, flat))
     elif array.dtype.kind in "biuf":
         data = _json_ready(flat)
-    else:  # BYTES: JSON strings (a string that is not valid Unicode is a 500, named)
-        data = [value if isinstance(value, str) else str(value) for value in flat.tolist()]
-        for value in data:
-            _utf8(name, value)
+    else:
+        data = _json_strings(name, flat)
     return {"name": name, "datatype": datatype, "shape": list(array.shape), "data": data}
+
+
+def _json_strings(name: str, flat: np.ndarray[Any, Any]) -> list[str]:
+    """BYTES as JSON strings (a string that is not valid Unicode is a 500, named)."""
+    data = [value if isinstance(value, str) else str(value) for value in flat.tolist()]
+    for value in data:
+        _utf8(name, value)
+    return data
 
 
 # A large output is written this many elements at a time: each orjson call holds the GIL,
@@ -278,11 +392,10 @@ def tensor_to_wire(name: str, array: np.ndarray[Any, Any]) -> dict[str, Any]:
 ENCODE_CHUNK = 65536
 
 
-def _json_in_chunks(flat: np.ndarray[Any, Any]) -> bytes:
+def _json_in_chunks(name: str, flat: np.ndarray[Any, Any]) -> bytes:
+    ready = _json_ready if flat.dtype.kind in "biuf" else lambda c: _json_strings(name, c)
     parts = [
-        orjson.dumps(_json_ready(flat[i : i + ENCODE_CHUNK]), option=orjson.OPT_SERIALIZE_NUMPY)[
-            1:-1
-        ]
+        orjson.dumps(ready(flat[i : i + ENCODE_CHUNK]), option=orjson.OPT_SERIALIZE_NUMPY)[1:-1]
         for i in range(0, flat.size, ENCODE_CHUNK)
     ]
     return b"[" + b",".join(parts) + b"]"

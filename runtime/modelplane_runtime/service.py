@@ -62,6 +62,7 @@ from modelplane_runtime.protocol import (
     attach_binary_inputs,
     encode_response,
     split_binary_body,
+    string_cost,
 )
 
 log = logging.getLogger("modelplane.runtime")
@@ -165,6 +166,8 @@ async def infer(request: Request, engine: InferenceEngine) -> Response:
                 parsed = await off_the_loop(_parse, json_part) if large else _parse(json_part)
                 del body, json_part
                 attach_binary_inputs(parsed, binary)
+                if parsed.has_strings:  # BYTES cost per element, not per byte of body
+                    reader.reservation.charge(string_cost(parsed), "BYTES elements")
                 model, outputs = await engine.infer(
                     name, parsed, large=large, usage=usage, deadline=reader.answer_by
                 )
