@@ -19,9 +19,15 @@ from modelplane_api.settings import RuntimeSettings
 from modelplane_runtime.access import AccessControl
 from modelplane_runtime.batching import Batcher, Usage
 from modelplane_runtime.errors import ModelNotFound, NotReady
-from modelplane_runtime.memory import MemoryBudget, memory_limit
+from modelplane_runtime.memory import (
+    COST_PER_BODY_BYTE,
+    HEADROOM,
+    MemoryBudget,
+    memory_limit,
+    resident_bytes,
+)
 from modelplane_runtime.metrics import RuntimeMetrics
-from modelplane_runtime.model import OnnxModel
+from modelplane_runtime.model import ModelLoadError, OnnxModel
 from modelplane_runtime.protocol import InferenceRequest
 
 log = logging.getLogger("modelplane.runtime")
@@ -41,6 +47,8 @@ async def off_the_loop(function: Callable[..., T], *args: Any) -> T:
 
 # A body still being read this long after it began is slow or stalled, not "about to arrive".
 ARRIVING_SECONDS = 0.1
+# Less request memory budget than one small (64 KiB) request needs: the model cannot serve.
+SMALLEST_BUDGET = 64 * 1024 * COST_PER_BODY_BYTE
 
 
 class InferenceEngine:
@@ -65,11 +73,21 @@ class InferenceEngine:
         started = time.perf_counter()
         model = OnnxModel.load(self.settings)
         loaded = time.perf_counter()
+        limit = memory_limit(self.settings.memory_limit_bytes)
         model.warm_up(
             self.settings.warmup_iterations,
             self.settings.max_batch_size,
             self.settings.warmup_shapes,
+            memory_limit=limit,
         )
+        # Ready with no memory left for requests would answer every one 413: say so instead.
+        used = resident_bytes()
+        if limit is not None and (limit - used) * HEADROOM < SMALLEST_BUDGET:
+            raise ModelLoadError(
+                f"the model leaves no memory for requests: the server uses {used >> 20} MiB "
+                f"after loading and warm-up, of a memory limit of {limit >> 20} MiB; raise "
+                "resources.limits.memory"
+            )
         self.model = model
         self.metrics.loaded(model.provider)
         self.not_ready_reason = None

@@ -7,6 +7,7 @@ Nothing here knows about HTTP or BentoML; the service maps requests onto
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -354,15 +355,14 @@ class OnnxModel:
 
     # --- start-up -----------------------------------------------------------
 
-    def sample_inputs(self, batch: int = 1) -> dict[str, np.ndarray[Any, Any]]:
+    def sample_inputs(
+        self, batch: int = 1, memory_limit: int | None = None
+    ) -> dict[str, np.ndarray[Any, Any]]:
         """Zeros of every input, dynamic dimensions set to ``batch`` (first) or 1."""
         arrays = {}
         for spec in self.inputs.values():
             shape = [(batch if i == 0 else 1) if d == -1 else d for i, d in enumerate(spec.shape)]
-            if spec.dtype.kind == "O":  # BYTES: onnxruntime wants text
-                arrays[spec.name] = np.full(shape, "", dtype=object)
-            else:
-                arrays[spec.name] = np.zeros(shape, dtype=spec.dtype)
+            arrays[spec.name] = _generated(spec, shape, memory_limit)
         return arrays
 
     def warm_up(
@@ -370,14 +370,19 @@ class OnnxModel:
         iterations: int,
         max_batch_size: int,
         shapes: Sequence[Mapping[str, Sequence[int]]] | None = None,
+        memory_limit: int | None = None,
     ) -> None:
         """Run generated inputs so that the first real request pays no allocation cost: at
-        batch 1 and ``max_batch_size``, or at each of ``shapes`` (input name -> shape)."""
+        batch 1 and ``max_batch_size``, or at each of ``shapes`` (input name -> shape).
+        Inputs that could not fit in ``memory_limit``, or be allocated, are a
+        ModelLoadError."""
         sizes = {1, max_batch_size} if self.batchable else {1}
         runs = (
-            [(f"shape {dict(s)}", self.inputs_shaped(s)) for s in shapes]
+            [(f"shape {dict(s)}", self.inputs_shaped(s, memory_limit)) for s in shapes]
             if shapes
-            else [(f"batch {size}", self.sample_inputs(size)) for size in sorted(sizes)]
+            else [
+                (f"batch {size}", self.sample_inputs(size, memory_limit)) for size in sorted(sizes)
+            ]
         )
         for _ in range(iterations):
             for what, arrays in runs:
@@ -388,9 +393,11 @@ class OnnxModel:
                         f"warm-up failed on generated inputs of {what}: {_first_line(exc)}"
                     ) from None
 
-    def inputs_shaped(self, shapes: Mapping[str, Sequence[int]]) -> dict[str, Any]:
+    def inputs_shaped(
+        self, shapes: Mapping[str, Sequence[int]], memory_limit: int | None = None
+    ) -> dict[str, Any]:
         """Generated inputs: ``shapes`` where named (checked against the signature)."""
-        arrays = self.sample_inputs(1)
+        arrays = self.sample_inputs(1, memory_limit)
         for name, shape in shapes.items():
             spec = self.inputs.get(name)
             if spec is None:
@@ -403,10 +410,7 @@ class OnnxModel:
                     f"warm-up shape {list(shape)} for input '{name}' does not fit the model's "
                     f"{list(spec.shape)} (-1 is any size)"
                 )
-            if spec.dtype.kind == "O":
-                arrays[name] = np.full(shape, "", dtype=object)
-            else:
-                arrays[name] = np.zeros(shape, dtype=spec.dtype)
+            arrays[name] = _generated(spec, list(shape), memory_limit)
         return arrays
 
     def metadata(self) -> dict[str, Any]:
@@ -418,6 +422,26 @@ class OnnxModel:
             "outputs": [spec.as_dict() for spec in self.outputs.values()],
             "parameters": {"execution_provider": self.provider, "batchable": self.batchable},
         }
+
+
+def _generated(spec: TensorSpec, shape: list[int], memory_limit: int | None) -> Any:
+    """Zeros (empty strings for BYTES) of ``shape`` for warm-up; a ModelLoadError, not a
+    traceback, when they cannot be allocated or could not fit in the memory limit."""
+    size = math.prod(shape) * spec.dtype.itemsize
+    if memory_limit is not None and size > memory_limit:
+        raise ModelLoadError(
+            f"input '{spec.name}' of shape {shape} needs {size >> 20} MiB, more than the "
+            f"memory limit of {memory_limit >> 20} MiB; raise resources.limits.memory"
+        )
+    try:
+        if spec.dtype.kind == "O":  # BYTES: onnxruntime wants text
+            return np.full(shape, "", dtype=object)
+        return np.zeros(shape, dtype=spec.dtype)
+    except (MemoryError, ValueError) as exc:
+        raise ModelLoadError(
+            f"warm-up cannot allocate input '{spec.name}' of shape {shape} "
+            f"({size >> 20} MiB): {_first_line(exc)}"
+        ) from None
 
 
 def _first_line(exc: BaseException) -> str:
