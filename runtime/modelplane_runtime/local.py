@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from modelplane_api import facts
 from modelplane_api.cli import CommandFailed, UsageError
 from modelplane_api.settings import RuntimeSettings
+from modelplane_api.spec import is_model_tree
 
 CACHE = Path.home() / ".cache" / "modelplane" / "models"
 
@@ -98,10 +99,12 @@ def _from_manifest(
     if parts.scheme == "file":
         path = Path(parts.path)
     else:
-        from modelplane_api.spec import is_model_tree
         from modelplane_runtime.fetch import fetch, fetch_tree
 
-        folder = CACHE / hashlib.sha256(uri.encode()).hexdigest()[:16]
+        # Keyed by the digest too: a folder exists only once fetched and verified against
+        # it (fetches are atomic), so a changed sha256 is never served from an old fetch.
+        key = f"{uri}\n{md.spec.model.sha256 or ''}"
+        folder = CACHE / hashlib.sha256(key.encode()).hexdigest()[:16]
         if is_model_tree(uri):
             path = folder / facts.FETCHED_MODEL_DIR
             if not path.is_dir():
@@ -111,10 +114,13 @@ def _from_manifest(
             if not path.is_file():
                 fetch(uri, path, sha256=md.spec.model.sha256)
     pod_settings = runtime_settings(md)
+    # A directory or an archive was verified as it was fetched, as by a pod's fetch (an
+    # unpacked archive has no manifest to check again); a single file is checked again.
+    fetched_tree = parts.scheme != "file" and is_model_tree(uri)
     return pod_settings.model_copy(
         update={
             "model_path": path,
-            "model_sha256": md.spec.model.sha256,
+            "model_sha256": None if fetched_tree else md.spec.model.sha256,
             "host": host,
             "port": port,
             "allow_cpu_fallback": allow_cpu_fallback or pod_settings.allow_cpu_fallback,

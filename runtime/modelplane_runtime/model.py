@@ -19,6 +19,7 @@ import onnxruntime as ort
 from modelplane_api.facts import GPU_PROVIDERS, MANIFEST_FILE
 from modelplane_api.settings import RuntimeSettings
 from modelplane_runtime.errors import BadRequest, FetchError, ServingError
+from modelplane_runtime.external_data import UnsafeExternalData, external_files
 from modelplane_runtime.fetch import file_sha256, read_manifest
 from modelplane_runtime.protocol import DATATYPES, ONNX_TYPES, RequestInput, tensor_from_wire
 
@@ -157,12 +158,29 @@ def verify_model_directory(directory: Path, sha256: str, graph: Path) -> None:
         raise ModelLoadError(str(exc)) from None
     if graph.relative_to(directory).as_posix() not in listed:
         raise ModelLoadError(f"{MANIFEST_FILE} does not list the graph {graph.name}")
+    # onnxruntime reads (maps) whatever file the graph names: each must be one verified here.
+    folder = graph.parent.relative_to(directory)
+    for name in sorted(weight_files(graph)):
+        if (folder / name).as_posix() not in listed:
+            raise ModelLoadError(
+                f"the graph reads external data from {(folder / name).as_posix()}, which "
+                f"{MANIFEST_FILE} does not list: only files it lists are verified"
+            )
     for name, expected in listed.items():
         target = directory / name
         if not target.resolve().is_relative_to(directory.resolve()) or not target.is_file():
             raise ModelLoadError(f"{MANIFEST_FILE} lists {name}, which {directory} does not hold")
         if file_sha256(target) != expected:
             raise ModelLoadError(f"{target} does not have the sha256 {MANIFEST_FILE} gives")
+
+
+def weight_files(graph: Path) -> set[str]:
+    """The files the graph reads external data from, relative to its directory; refused
+    when one would lie outside it (an absolute path, ``..``, a link out)."""
+    try:
+        return external_files(graph)
+    except UnsafeExternalData as exc:
+        raise ModelLoadError(f"refusing {graph}: {exc}") from None
 
 
 SessionFactory = Callable[[str, ort.SessionOptions, list[str]], Any]
@@ -233,6 +251,12 @@ class OnnxModel:
                     f"model file {path} has sha256 {actual}, not the expected "
                     f"{settings.model_sha256}; refusing to serve it"
                 )
+            if weight_files(path):
+                raise ModelLoadError(
+                    f"model file {path} reads external data that its sha256 does not cover; "
+                    "serve it as a directory (a uri ending in /) with a SHA256SUMS manifest"
+                )
+        weight_files(path)  # before onnxruntime opens anything the graph names
         available = (
             ort.get_available_providers() if available_providers is None else available_providers
         )
