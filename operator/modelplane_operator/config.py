@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from modelplane_api import facts
+from modelplane_api.quantities import parse_quantity
 
 
 class OperatorConfig(BaseSettings):
@@ -24,7 +27,8 @@ class OperatorConfig(BaseSettings):
         default=600, ge=30, description="How long model fetch-to-ready may take before a restart."
     )
     model_volume_size_limit: str | None = Field(
-        default=None, description="sizeLimit of the emptyDir a fetched model lands in."
+        default=facts.MODEL_VOLUME_SIZE_LIMIT,
+        description="sizeLimit of the emptyDir a fetched model lands in; the fetch's byte cap.",
     )
     log_format: Literal["text", "json"] = "text"
     conflict_retry_seconds: float = Field(
@@ -42,3 +46,11 @@ class OperatorConfig(BaseSettings):
     )
     metrics_port: int = Field(default=9090, ge=0, le=65535, description="0 turns it off.")
     metrics_address: str = "0.0.0.0"  # noqa: S104 - the pod's network namespace
+
+    @field_validator("model_volume_size_limit")
+    @classmethod
+    def _a_size(cls, value: str | None) -> str | None:
+        """A quantity of bytes: the fetch's byte cap is derived from it."""
+        if value is not None and not (parse_quantity(value) or 0) >= 1:
+            raise ValueError(f"{value!r} is not a size (a quantity such as 100Gi)")
+        return value

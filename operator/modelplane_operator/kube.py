@@ -8,10 +8,15 @@ never touches generated models.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import logging
 import os
-from collections.abc import Mapping
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client, config
@@ -52,6 +57,7 @@ class KubeApi:
     def __init__(self, api_client: client.ApiClient, field_manager: str = names.FIELD_MANAGER):
         self.client = api_client
         self.field_manager = field_manager
+        self.events = EventRecorder(self)
 
     def _call(
         self,
@@ -144,33 +150,10 @@ class KubeApi:
         return result or {}
 
     def warn(self, involved: Mapping[str, Any], reason: str, message: str) -> None:
-        """A Warning event on ``involved``, as `kubectl describe` shows it: worth a try,
-        never a failed reconcile (the status says the same)."""
-        meta = involved["metadata"]
-        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        event = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {
-                "apiVersion": involved["apiVersion"],
-                "kind": involved["kind"],
-                "name": meta["name"],
-                "namespace": meta["namespace"],
-                "uid": meta.get("uid", ""),
-            },
-            "type": "Warning",
-            "reason": reason,
-            "message": message[:1024],
-            "source": {"component": names.FIELD_MANAGER},
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-        }
-        try:
-            self._call("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body=event)
-        except ApiError as exc:
-            log.warning("Warning event %s on %s not posted: %s", reason, meta["name"], exc)
+        """A Warning event on ``involved``, as `kubectl describe` shows it: the same problem
+        again counts on the same Event (see EventRecorder); worth a try, never a failed
+        reconcile (the status says the same)."""
+        self.events.record(involved, reason, message)
 
     def delete(self, kind: str, namespace: str, name: str) -> bool:
         """Delete in the background (owned objects follow); False when already gone."""
@@ -193,6 +176,133 @@ class KubeApi:
         self._call(
             "PATCH", path, body={"status": status}, content_type="application/merge-patch+json"
         )
+
+
+@dataclass
+class _Posted:
+    name: str
+    count: int
+
+
+class EventRecorder:
+    """Events aggregated the way client-go's recorder does, for every kind the operator
+    reports on (ModelDeployments and ModelConsumers).
+
+    One Event per (object, type, reason, message): a repeat increments its ``count`` and
+    moves its ``lastTimestamp``, so a problem that persists across reconciles is one line
+    in `kubectl describe` and one object in etcd, not one per reconcile. The Event's name
+    is derived from that key, so an operator that restarted finds its Event again (a 409
+    on create) and counts on, where client-go's in-memory cache would start a new one.
+    A token bucket per object (client-go's spam filter: a burst of 25, then one every
+    5 minutes) bounds what one object can post; what it drops is logged.
+    """
+
+    BURST = 25
+    REFILL_SECONDS = 300.0
+    REMEMBERED = 4096  # keys kept (least recently used dropped), as client-go's LRU
+
+    def __init__(self, api: KubeApi, clock: Callable[[], float] = time.monotonic) -> None:
+        self.api = api
+        self.clock = clock
+        self._lock = threading.Lock()  # kopf handlers and the retrier's timers both post
+        self._posted: OrderedDict[tuple[str, ...], _Posted] = OrderedDict()
+        self._tokens: OrderedDict[tuple[str, ...], tuple[float, float]] = OrderedDict()
+
+    def record(self, involved: Mapping[str, Any], reason: str, message: str) -> None:
+        meta = involved["metadata"]
+        namespace, name, uid = meta["namespace"], meta["name"], meta.get("uid", "")
+        message = message[:1024]
+        subject = (namespace, str(involved["kind"]), name, uid)
+        key = (*subject, "Warning", reason, message)
+        with self._lock:
+            if not self._take_token(subject):
+                log.info("Warning event %s on %s dropped: over its rate limit", reason, name)
+                return
+            try:
+                self._post(involved, key, reason, message)
+            except ApiError as exc:
+                log.warning("Warning event %s on %s not posted: %s", reason, name, exc)
+
+    def _take_token(self, subject: tuple[str, ...]) -> bool:
+        now = self.clock()
+        tokens, since = self._tokens.pop(subject, (float(self.BURST), now))
+        tokens = min(float(self.BURST), tokens + (now - since) / self.REFILL_SECONDS)
+        allowed = tokens >= 1.0
+        self._tokens[subject] = (tokens - 1.0 if allowed else tokens, now)
+        while len(self._tokens) > self.REMEMBERED:
+            self._tokens.popitem(last=False)
+        return allowed
+
+    def _post(
+        self, involved: Mapping[str, Any], key: tuple[str, ...], reason: str, message: str
+    ) -> None:
+        namespace, name = key[0], key[2]
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        known = self._posted.pop(key, None)
+        if known is not None and self._count(namespace, known, known.count + 1, now):
+            self._remember(key, known)
+            return
+        # The first of its kind here: the name is the key's, so a restarted operator's
+        # create meets the Event it posted before (409) and counts on from it.
+        digest = hashlib.sha256("\0".join(key).encode()).hexdigest()[:16]
+        posted = _Posted(f"{name}.{digest}", 1)
+        try:
+            self.api._call(
+                "POST",
+                f"/api/v1/namespaces/{namespace}/events",
+                body=_event(involved, posted.name, reason, message, now),
+            )
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+            existing = self.api._call("GET", f"/api/v1/namespaces/{namespace}/events/{posted.name}")
+            posted.count = int((existing or {}).get("count") or 1)
+            self._count(namespace, posted, posted.count + 1, now)
+        self._remember(key, posted)
+
+    def _count(self, namespace: str, posted: _Posted, count: int, now: str) -> bool:
+        """Count one more on a posted Event; False when it is gone (Events expire)."""
+        try:
+            self.api._call(
+                "PATCH",
+                f"/api/v1/namespaces/{namespace}/events/{posted.name}",
+                body={"count": count, "lastTimestamp": now},
+                content_type="application/merge-patch+json",
+            )
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        posted.count = count
+        return True
+
+    def _remember(self, key: tuple[str, ...], posted: _Posted) -> None:
+        self._posted[key] = posted
+        while len(self._posted) > self.REMEMBERED:
+            self._posted.popitem(last=False)
+
+
+def _event(involved: Mapping[str, Any], name: str, reason: str, message: str, now: str) -> Obj:
+    meta = involved["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": name, "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": involved["apiVersion"],
+            "kind": involved["kind"],
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid", ""),
+        },
+        "type": "Warning",
+        "reason": reason,
+        "message": message,
+        "source": {"component": names.FIELD_MANAGER},
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }
 
 
 def _reason(exc: ApiException) -> str:

@@ -119,7 +119,12 @@ def _runtime_container(md: ModelDeployment, config: OperatorConfig) -> Obj:
 def _fetch_container(md: ModelDeployment, config: OperatorConfig) -> Obj:
     model = md.spec.model
     _, destination = model_location(md)  # a file, or a directory for a directory/archive
-    command = [*facts.RUNTIME_COMMAND, "fetch", model.uri, destination]
+    command = [*facts.RUNTIME_COMMAND, "fetch"]
+    if config.model_volume_size_limit:
+        # The fetch stops at the volume's size, with a message, before the kubelet evicts
+        # the pod for it (an archive bomb, a model larger than the volume).
+        command += ["--max-bytes", str(int(parse_quantity(config.model_volume_size_limit) or 0))]
+    command += [model.uri, destination]
     if model.sha256:
         command += ["--sha256", model.sha256]
     mounts: list[Obj] = [

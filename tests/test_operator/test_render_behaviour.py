@@ -117,11 +117,15 @@ def test_no_gpu_means_no_gpu_anywhere_in_the_pod() -> None:
     assert _runtime(objects)["image"] == CONFIG.runtime_image
 
 
+# A fetched model's volume is bounded, and the fetch stops at its size with a message.
+FETCHED_VOLUME = {"emptyDir": {"sizeLimit": "100Gi"}}
+
+
 @pytest.mark.parametrize(
     ("uri", "init", "model_volume", "model_path"),
     [
-        ("s3://b/k/model.onnx", True, {"emptyDir": {}}, "/mnt/models/model.onnx"),
-        ("https://h/model.onnx", True, {"emptyDir": {}}, "/mnt/models/model.onnx"),
+        ("s3://b/k/model.onnx", True, FETCHED_VOLUME, "/mnt/models/model.onnx"),
+        ("https://h/model.onnx", True, FETCHED_VOLUME, "/mnt/models/model.onnx"),
         (
             "pvc://store/fraud/v7/model.onnx",
             False,
@@ -149,6 +153,8 @@ def test_model_delivery(
             "-m",
             "modelplane_runtime",
             "fetch",
+            "--max-bytes",
+            str(100 * 2**30),  # the volume's sizeLimit
             uri,
             "/mnt/models/model.onnx",
             "--sha256",

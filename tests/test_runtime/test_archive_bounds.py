@@ -3,15 +3,23 @@ command as a subprocess, on archives built here, over file:// URIs."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import http.server
 import io
 import os
 import tarfile
+import threading
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from modelplane_api import facts
+from modelplane_api.spec import parse_model_deployment
+from modelplane_operator.config import OperatorConfig
+from modelplane_operator.render import render_children
 from modelplane_testkit.runtime_server import run_runtime_cli
 
 
@@ -124,3 +132,65 @@ def test_a_temporary_file_that_cannot_be_created_is_one_line(tmp_path: Path) -> 
         assert "Traceback" not in refused.stderr
         assert refused.stderr.startswith("error: cannot fetch")
         assert refused.stderr.count("\n") == 1
+
+
+def _rendered_fetch(uri: str, size_limit: str, volume: Path) -> list[str]:
+    """The fetch command the operator renders for ``uri`` under a model volume of
+    ``size_limit``, with the volume's path moved to ``volume``."""
+    md = parse_model_deployment(
+        {
+            "apiVersion": "modelplane.io/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {"name": "demo", "namespace": "models"},
+            "spec": {"model": {"uri": uri}},
+        }
+    )
+    config = OperatorConfig(model_volume_size_limit=size_limit)
+    deployment = next(o for o in render_children(md, config) if o["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert {"name": "model", "emptyDir": {"sizeLimit": size_limit}} in pod["volumes"]
+    (fetch,) = pod["initContainers"]
+    assert fetch["command"][: len(facts.RUNTIME_COMMAND)] == list(facts.RUNTIME_COMMAND)
+    return [a.replace(facts.MODEL_DIR, str(volume)) for a in fetch["command"][3:]]
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A local HTTP server over a folder (a fetched model must come from somewhere)."""
+    root = tmp_path / "served"
+    root.mkdir()
+    handler = functools.partial(_Quiet, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", root
+    server.shutdown()
+    thread.join(timeout=10)
+    server.server_close()
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_the_rendered_fetch_stops_at_the_model_volumes_size(
+    served: tuple[str, Path], tmp_path: Path
+) -> None:
+    """An archive that unpacks past the emptyDir's sizeLimit fails the fetch with a message
+    (the kubelet would otherwise evict the pod with none), through the command the
+    operator renders; under the limit the same command fetches."""
+    base, root = served
+    with tarfile.open(root / "model.tar", "w") as tar:
+        info = tarfile.TarInfo("weights.bin")
+        info.size = 3 << 20  # random: no compression ratio to trip over
+        tar.addfile(info, io.BytesIO(os.urandom(info.size)))
+    volume = tmp_path / "volume"
+    refused = run_runtime_cli(*_rendered_fetch(f"{base}/model.tar", "4Mi", volume))
+    assert refused.returncode == 1
+    assert "archive unpacks to more than" in refused.stderr
+    assert "sizeLimit" in refused.stderr
+    assert not (volume / facts.FETCHED_MODEL_DIR).exists()
+    fits = run_runtime_cli(*_rendered_fetch(f"{base}/model.tar", "8Mi", volume))
+    assert fits.returncode == 0, fits.stderr
+    assert (volume / facts.FETCHED_MODEL_DIR / "weights.bin").stat().st_size == 3 << 20

@@ -79,8 +79,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch]
-# Warning events on ModelDeployments.
+# Warning events on ModelDeployments and ModelConsumers; a repeat counts on the same Event.
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  verbs: [get, create, patch]
 {{- end -}}
