@@ -129,6 +129,41 @@ def _load_failure(pods: Sequence[Obj]) -> str | None:
     return None
 
 
+# Waiting reasons the kubelet gives for an image it cannot get: nothing converges until
+# someone fixes the image reference or the registry's credentials.
+IMAGE_PULL_FAILURES = frozenset(
+    {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+)
+
+
+def _container_statuses(pod: Obj) -> list[Obj]:
+    status = pod.get("status", {})
+    return [*status.get("initContainerStatuses", []), *status.get("containerStatuses", [])]
+
+
+def _image_failure(pods: Sequence[Obj]) -> tuple[str, str] | None:
+    """(reason, the kubelet's message) for a container whose image cannot be pulled."""
+    for pod in pods:
+        for status in _container_statuses(pod):
+            waiting = (status.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in IMAGE_PULL_FAILURES:
+                message = waiting.get("message") or f"cannot pull {status.get('image')}"
+                return str(waiting["reason"]), f"{status.get('name')}: {message}"
+    return None
+
+
+def _out_of_memory(pods: Sequence[Obj]) -> str | None:
+    """The container the kernel killed for its memory limit, while it has not come up since."""
+    for pod in pods:
+        for status in _container_statuses(pod):
+            if status.get("ready"):
+                continue
+            for state in (status.get("state", {}), status.get("lastState", {})):
+                if ((state.get("terminated") or {}).get("reason")) == "OOMKilled":
+                    return str(status.get("name"))
+    return None
+
+
 def cache_outcome(pods: Sequence[Obj]) -> str | None:
     """How the newest pod's fetch used the model cache (its termination message)."""
     newest = sorted(pods, key=lambda p: p.get("metadata", {}).get("creationTimestamp", ""))
@@ -158,6 +193,30 @@ def _unschedulable(pods: Sequence[Obj]) -> str | None:
         scheduled = _condition(pod.get("status", {}).get("conditions", []), "PodScheduled")
         if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
             return str(scheduled.get("message", "no node fits the pod"))
+    return None
+
+
+def _pod_problem(pods: Sequence[Obj]) -> Verdict | None:  # noqa: PLR0911 - as above
+    """What the pods say is keeping them from serving, most specific first."""
+    if (pull := _image_failure(pods)) is not None:
+        return Verdict(False, pull[0], pull[1], stalled=True)
+    if (killed := _out_of_memory(pods)) is not None:
+        return Verdict(
+            False,
+            "OOMKilled",
+            f"container {killed} was killed for exceeding its memory limit: "
+            "raise spec.resources.limits.memory",
+        )
+    if (fetch := _fetch_trouble(pods)) is not None:
+        return fetch
+    if (failure := _load_failure(pods)) is not None:
+        return Verdict(False, facts.MODEL_LOAD_FAILED, failure)
+    if (why := _unschedulable(pods)) is not None:
+        return Verdict(False, "Unschedulable", why)
+    if (since := _fetching_since(pods)) is not None:
+        return Verdict(
+            False, "FetchingModel", f"fetching the model since {since} (see the fetch-model log)"
+        )
     return None
 
 
@@ -207,16 +266,8 @@ def judge_deployment(  # noqa: PLR0911 - one early answer per reason reads best
             str(refused.get("message", "the pods could not be created")),
             stalled=True,
         )
-    if (fetch := _fetch_trouble(pods)) is not None:
-        return fetch
-    if (failure := _load_failure(pods)) is not None:
-        return Verdict(False, facts.MODEL_LOAD_FAILED, failure)
-    if (why := _unschedulable(pods)) is not None:
-        return Verdict(False, "Unschedulable", why)
-    if (since := _fetching_since(pods)) is not None:
-        return Verdict(
-            False, "FetchingModel", f"fetching the model since {since} (see the fetch-model log)"
-        )
+    if (problem := _pod_problem(pods)) is not None:
+        return problem
     if not seen:
         return Verdict(False, "Progressing", "the Deployment controller has not seen this change")
     if wanted == 0:

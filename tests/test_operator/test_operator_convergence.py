@@ -218,6 +218,22 @@ def _is_ready(cluster: Cluster, name: str) -> bool:
     return condition(cluster.get("modeldeployments", NS, name), "Ready").get("status") == "True"
 
 
+def _runtime_status(
+    *, waiting: dict[str, str] | None = None, last: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The runtime container not ready: waiting (CrashLoopBackOff unless said), and how it
+    last ended, as the kubelet reports them."""
+    status: dict[str, Any] = {
+        "name": "runtime",
+        "ready": False,
+        "restartCount": 1,
+        "state": {"waiting": waiting or {"reason": "CrashLoopBackOff"}},
+    }
+    if last:
+        status["lastState"] = {"terminated": {"exitCode": 137, **last}}
+    return status
+
+
 def _wait_reason(cluster: Cluster, reason: str) -> dict[str, Any]:
     def ready_with_reason() -> dict[str, Any] | None:
         ready = condition(cluster.get("modeldeployments", NS, "demo"), "Ready")
@@ -345,6 +361,36 @@ def test_status_follows_pods_and_the_deployment(cluster: Cluster) -> None:
     )
     ready = _wait_reason(cluster, "ModelLoadFailed")
     assert ready["message"] == LOAD_ERROR
+
+    # The kernel kills the runtime at its memory limit: said as such, with the field to raise.
+    cluster.patch(
+        "pods",
+        NS,
+        "demo-1",
+        {"status": {"containerStatuses": [_runtime_status(last={"reason": "OOMKilled"})]}},
+        sub="status",
+    )
+    ready = _wait_reason(cluster, "OOMKilled")
+    assert "spec.resources.limits.memory" in ready["message"]
+
+    # An image that cannot be pulled: the kubelet's reason and message, and Stalled.
+    pull_error = 'failed to pull and unpack image "registry.example/missing:1": not found'
+    cluster.patch(
+        "pods",
+        NS,
+        "demo-1",
+        {
+            "status": {
+                "containerStatuses": [
+                    _runtime_status(waiting={"reason": "ErrImagePull", "message": pull_error})
+                ]
+            }
+        },
+        sub="status",
+    )
+    ready = _wait_reason(cluster, "ErrImagePull")
+    assert pull_error in ready["message"]
+    assert condition(cluster.get("modeldeployments", NS, "demo"), "Stalled")["status"] == "True"
 
     cluster.delete("pods", NS, "demo-1")
     cluster.patch(
