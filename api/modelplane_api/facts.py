@@ -53,6 +53,10 @@ FETCHED_MODEL_DIR = "model"
 # reports how it got the model as its termination message, "model cache <outcome>".
 MODEL_CACHE_DIR = "/mnt/model-cache"
 MODEL_CACHE_REPORT = "model cache "
+# A pvc:// model with copyToPod: its claim is mounted here, read-only, in the fetch
+# container only, which copies the model into MODEL_DIR (the serving container never
+# sees the claim).
+MODEL_SOURCE_DIR = "/mnt/model-source"
 MAX_MODEL_BYTES = 1 << 40  # what a fetch may write, when no volume sizeLimit bounds it (1 TiB)
 MAX_MODEL_FILES = 10_000  # entries (files and directories) in an archive or directory
 # An archive unpacking to more than this many times its own size is refused as a bomb

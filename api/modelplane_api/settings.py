@@ -114,15 +114,25 @@ class RuntimeSettings(BaseSettings):
 
 
 def model_location(md: ModelDeployment) -> tuple[str, str]:
-    """(how the model reaches the pod, the path the runtime loads): fetch, pvc or image."""
+    """(how the model reaches the pod, the path the runtime loads): fetch, pvc or image.
+    A pvc:// or file:// model with copyToPod is fetched (copied) like a remote one."""
     uri = urlsplit(md.spec.model.uri)
-    if uri.scheme == "file":
+    if uri.scheme == "file" and not md.spec.model.copy_to_pod:
         return "image", uri.path
-    if uri.scheme == "pvc":
+    if uri.scheme == "pvc" and not md.spec.model.copy_to_pod:
         return "pvc", str(PurePosixPath(facts.MODEL_DIR) / uri.path.lstrip("/"))
     if is_model_tree(md.spec.model.uri):
         return "fetch", f"{facts.MODEL_DIR}/{facts.FETCHED_MODEL_DIR}"
     return "fetch", f"{facts.MODEL_DIR}/{facts.FETCHED_MODEL_FILE}"
+
+
+def fetch_uri(md: ModelDeployment) -> str:
+    """What the fetch container copies from: the model's URI, or for a pvc:// model copied
+    into the pod, the claim's path where the fetch container mounts it."""
+    uri = urlsplit(md.spec.model.uri)
+    if uri.scheme == "pvc":
+        return f"file://{facts.MODEL_SOURCE_DIR}/{uri.path.lstrip('/')}"
+    return md.spec.model.uri
 
 
 def runtime_settings(md: ModelDeployment) -> RuntimeSettings:

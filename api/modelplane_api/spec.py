@@ -325,6 +325,13 @@ class ModelSource(SpecModel):
         default=None,
         description="Share fetched models between replicas and restarts (needs sha256).",
     )
+    copy_to_pod: bool = Field(
+        default=False,
+        description="For a pvc:// or file:// model: copy it into the pod's own volume, "
+        "verified as it is copied (through sha256), before serving, instead of reading it "
+        "in place; writing the volume later then cannot change what is served (onnxruntime "
+        "maps external weights). The pod's ephemeral storage must hold the model once.",
+    )
 
     rules = (
         CrossFieldRule(
@@ -340,6 +347,14 @@ class ModelSource(SpecModel):
             message="cache is for fetched models: a pvc:// or file:// model is read in place",
             check=lambda m: m.cache is None or not m.uri.startswith(("pvc://", "file://")),
             field_path=".cache",
+        ),
+        CrossFieldRule(
+            cel="!has(self.copyToPod) || !self.copyToPod || self.uri.startsWith('pvc://') "
+            "|| self.uri.startsWith('file://')",
+            message="copyToPod is for a pvc:// or file:// model: a fetched one is always "
+            "copied into the pod",
+            check=lambda m: not m.copy_to_pod or m.uri.startswith(("pvc://", "file://")),
+            field_path=".copyToPod",
         ),
         CrossFieldRule(
             cel="self.uri.matches('^(" + "|".join(URI_SCHEMES) + ")://.+')",

@@ -15,7 +15,7 @@ from modelplane_api import facts, names
 from modelplane_api.access import AccessTable, render_access_table
 from modelplane_api.facts import LIVE_PATH, MODEL_DIR, READY_PATH, RUNTIME_UID
 from modelplane_api.quantities import parse_quantity
-from modelplane_api.settings import model_location, runtime_settings
+from modelplane_api.settings import fetch_uri, model_location, runtime_settings
 from modelplane_api.spec import ModelDeployment
 from modelplane_operator import kinds
 from modelplane_operator.config import OperatorConfig
@@ -124,7 +124,7 @@ def _fetch_container(md: ModelDeployment, config: OperatorConfig) -> Obj:
         # The fetch stops at the volume's size, with a message, before the kubelet evicts
         # the pod for it (an archive bomb, a model larger than the volume).
         command += ["--max-bytes", str(int(parse_quantity(config.model_volume_size_limit) or 0))]
-    command += [model.uri, destination]
+    command += [fetch_uri(md), destination]
     if model.sha256:
         command += ["--sha256", model.sha256]
     mounts: list[Obj] = [
@@ -137,6 +137,10 @@ def _fetch_container(md: ModelDeployment, config: OperatorConfig) -> Obj:
             limit = parse_quantity(model.cache.size_limit) or 0
             command += ["--cache-max-bytes", str(int(limit))]
         mounts.append({"name": "model-cache", "mountPath": facts.MODEL_CACHE_DIR})
+    if model.uri.startswith("pvc://"):  # copyToPod: the claim, for the fetch container only
+        mounts.append(
+            {"name": "model-source", "mountPath": facts.MODEL_SOURCE_DIR, "readOnly": True}
+        )
     container: Obj = {
         "name": names.FETCH_CONTAINER,
         "image": _image(md, config),
@@ -167,11 +171,11 @@ def _volumes(md: ModelDeployment, config: OperatorConfig) -> list[Obj]:
             volumes.append(
                 {"name": "model-cache", "persistentVolumeClaim": {"claimName": cache.claim_name}}
             )
-    elif source == "pvc":
-        claim = urlsplit(md.spec.model.uri).netloc
-        volumes.append(
-            {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
-        )
+    claim = {"claimName": urlsplit(md.spec.model.uri).netloc, "readOnly": True}
+    if source == "pvc":
+        volumes.append({"name": "model", "persistentVolumeClaim": claim})
+    elif md.spec.model.uri.startswith("pvc://"):  # copied into the pod: read by the fetch
+        volumes.append({"name": "model-source", "persistentVolumeClaim": claim})
     volumes += [{"name": vol, "emptyDir": {}} for vol, _ in facts.SCRATCH_DIRS]
     if md.spec.restricted:
         # The kubelet swaps the files in when the ConfigMap changes; the runtime re-reads them.

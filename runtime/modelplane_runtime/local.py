@@ -96,27 +96,30 @@ def _from_manifest(
     parts = urlsplit(uri)
     if parts.scheme == "pvc":
         raise UsageError(f"{uri}: a PVC lives in the cluster; serve the file with --model")
-    if parts.scheme == "file":
-        path = Path(parts.path)
+    copied = parts.scheme != "file" or md.spec.model.copy_to_pod
+    if not copied:
+        path = Path(parts.path)  # read in place, verified by the runtime as it loads
     else:
         from modelplane_runtime.fetch import fetch, fetch_tree
 
         # Keyed by the digest too: a folder exists only once fetched and verified against
         # it (fetches are atomic), so a changed sha256 is never served from an old fetch.
+        # A local file (copyToPod) is copied again on every start, as in a pod.
         key = f"{uri}\n{md.spec.model.sha256 or ''}"
         folder = CACHE / hashlib.sha256(key.encode()).hexdigest()[:16]
+        again = parts.scheme == "file"
         if is_model_tree(uri):
             path = folder / facts.FETCHED_MODEL_DIR
-            if not path.is_dir():
+            if again or not path.is_dir():
                 fetch_tree(uri, path, sha256=md.spec.model.sha256)
         else:
             path = folder / facts.FETCHED_MODEL_FILE
-            if not path.is_file():
+            if again or not path.is_file():
                 fetch(uri, path, sha256=md.spec.model.sha256)
     pod_settings = runtime_settings(md)
     # A directory or an archive was verified as it was fetched, as by a pod's fetch (an
     # unpacked archive has no manifest to check again); a single file is checked again.
-    fetched_tree = parts.scheme != "file" and is_model_tree(uri)
+    fetched_tree = copied and is_model_tree(uri)
     return pod_settings.model_copy(
         update={
             "model_path": path,

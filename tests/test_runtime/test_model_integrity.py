@@ -2,7 +2,8 @@
 
 A graph's external data must lie inside its directory (no absolute path, no ``..``, no
 link out), checked before onnxruntime opens anything; a directory read in place serves
-only files its SHA256SUMS lists; ``serve -f`` of an archive with its sha256 serves it.
+only files its SHA256SUMS lists; with copyToPod it is copied, verified, and later writes
+to the volume change nothing; ``serve -f`` of an archive with its sha256 serves it.
 """
 
 from __future__ import annotations
@@ -69,21 +70,21 @@ def _manifest(folder: Path, *names: str) -> str:
     return _sha256(folder / facts.MANIFEST_FILE)
 
 
-def _deployment(tmp_path: Path, uri: str, sha256: str, name: str = "m") -> Path:
+def _deployment(tmp_path: Path, uri: str, sha256: str, name: str = "m", **model: object) -> Path:
     spec = {
         "apiVersion": "modelplane.io/v1alpha1",
         "kind": "ModelDeployment",
         "metadata": {"name": name, "namespace": "models"},
-        "spec": {"model": {"uri": uri, "sha256": sha256}},
+        "spec": {"model": {"uri": uri, "sha256": sha256, **model}},
     }
     path = tmp_path / f"{name}.yaml"
     path.write_text(json.dumps(spec))
     return path
 
 
-def _refused(*args: str) -> str:
+def _refused(*args: str, env: dict[str, str] | None = None) -> str:
     """``serve ARGS`` must exit 1 before serving, saying why in one line."""
-    run = run_runtime_cli("serve", *args, "--port", "1", timeout=90)
+    run = run_runtime_cli("serve", *args, "--port", "1", timeout=90, env=env)
     assert run.returncode == 1, run.stdout + run.stderr
     assert "Traceback" not in run.stderr
     return run.stderr
@@ -151,6 +152,40 @@ def test_a_single_graph_with_a_digest_must_not_read_unverified_weights(tmp_path:
     graph = _graph_reading(tmp_path / "model" / "m.onnx", "w.bin")
     stderr = _refused("-f", str(_deployment(tmp_path, f"file://{graph}", _sha256(graph))))
     assert "reads external data that its sha256 does not cover" in stderr
+
+
+def _infer(server: RuntimeServer) -> list[float]:
+    body = {"inputs": [{"name": "x", "shape": [1, WIDTH], "datatype": "FP32",
+                        "data": [1.0, 2.0, 3.0, 4.0]}]}  # fmt: skip
+    answer = server.post("/v2/models/m/infer", json=body)
+    assert answer.status_code == 200, answer.text
+    data: list[float] = answer.json()["outputs"][0]["data"]
+    return data
+
+
+def test_a_model_copied_into_the_pod_is_verified_and_never_follows_the_volume(
+    tmp_path: Path, logs: Path
+) -> None:
+    """copyToPod: the directory is copied (verified through its manifest) into storage of
+    the pod's own before loading, so writing the volume afterwards changes nothing served;
+    a source that no longer matches its manifest is refused at the copy."""
+    folder = tmp_path / "volume" / "model"
+    _weights(folder / "w.bin")
+    _graph_reading(folder / "m.onnx", "w.bin")
+    digest = _manifest(folder, "m.onnx", "w.bin")
+    manifest = _deployment(tmp_path, f"file://{folder}/", digest, copyToPod=True)
+    home = {"HOME": str(tmp_path / "home")}
+    with RuntimeServer(["-f", str(manifest)], env=home, log_dir=logs) as server:
+        assert _infer(server) == [1.0, 2.0, 3.0, 4.0]
+        with (folder / "w.bin").open("r+b") as weights:  # in place, as a writer of the volume
+            weights.write((np.eye(WIDTH, dtype=np.float32) * 5).tobytes())
+        assert _infer(server) == [1.0, 2.0, 3.0, 4.0]
+        loaded = next(line for line in server.log().splitlines() if "loaded m from" in line)
+        assert str(tmp_path / "home") in loaded
+        assert str(folder) not in loaded
+    stderr = _refused("-f", str(manifest), env=home)
+    assert "w.bin has sha256" in stderr
+    assert "as SHA256SUMS says" in stderr
 
 
 @pytest.fixture
