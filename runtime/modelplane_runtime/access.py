@@ -176,21 +176,34 @@ class AccessControl:
             return
         if signature in (self._seen, self._failed):
             return
-        try:
-            table = parse_access_table(_read(self.path))
-        except (OSError, InvalidAccessTable) as exc:
-            log.error("access file %s is invalid (%s): the last table stays", self.path, exc)
+        self._install_parsed(signature, _parsed(self.path))
+
+    def _install_parsed(
+        self, signature: tuple[int, int, int, int], parsed: AccessTable | Exception
+    ) -> None:
+        if isinstance(parsed, Exception):
+            log.error("access file %s is invalid (%s): the last table stays", self.path, parsed)
             self.metrics.reloaded("invalid")
             self._failed = signature
             return
-        self._install(table)
+        self._install(parsed)
         self._seen, self._failed = signature, None
         self.metrics.reloaded("loaded")
 
     async def watch(self) -> None:
+        """Re-read the file when it changes; it is read and parsed on a worker thread (a
+        large file takes hundreds of milliseconds), and installed on the event loop."""
         while True:
             await asyncio.sleep(facts.ACCESS_RELOAD_SECONDS)
-            self.refresh()
+            try:
+                signature = _signature(self.path)
+            except OSError:
+                self.refresh()  # says why, once
+                continue
+            if signature in (self._seen, self._failed):
+                continue
+            parsed = await asyncio.to_thread(_parsed, self.path)
+            self._install_parsed(signature, parsed)
 
     def _install(self, table: AccessTable) -> None:
         now = time.monotonic()
@@ -208,6 +221,7 @@ class AccessControl:
                 digest = bytes.fromhex(key.sha256)
                 expires = key.not_after.timestamp() if key.not_after else None
                 keys[digest] = _Key(digest, state, expires)
+        self.metrics.forget(set(self._consumers) - set(consumers))
         self._consumers, self._keys = consumers, keys
         self.metrics.consumers(len(consumers))
         log.info(
@@ -314,6 +328,14 @@ def _whole_seconds(wait: float) -> int:
 def _signature(path: Path) -> tuple[int, int, int, int]:
     stat = os.stat(path)  # follows the kubelet's symlinks to the current file
     return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def _parsed(path: Path) -> AccessTable | Exception:
+    """The file's table, or why it has none (on a worker thread: nothing shared is touched)."""
+    try:
+        return parse_access_table(_read(path))
+    except (OSError, InvalidAccessTable) as exc:
+        return exc
 
 
 def _read(path: Path) -> bytes:

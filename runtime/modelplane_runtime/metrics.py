@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Metric
 from prometheus_client.core import CounterMetricFamily
@@ -191,8 +192,8 @@ class ConsumerMeter:
 
 
 # The consumer label takes only names from the access file, never anything a client sent:
-# its cardinality is bounded by the consumers. A consumer removed from the file keeps its
-# series (counters never go back).
+# its cardinality is bounded by the consumers. A consumer removed from the file loses its
+# series (AccessMetrics.forget): Prometheus reads a series that comes back as a reset.
 _USAGE_SERIES = (
     ("modelplane_consumer_rows", "Rows (the batch axis) inferred per consumer.", "rows"),
     (
@@ -252,6 +253,11 @@ class AccessMetrics:
     def meter(self, consumer: str) -> ConsumerMeter:
         return _USAGE.meters.setdefault((self.model, consumer), ConsumerMeter(self.model, consumer))
 
+    def forget(self, consumers: Iterable[str]) -> None:
+        """Consumers that left the access file: their series leave /metrics."""
+        for consumer in consumers:
+            _USAGE.meters.pop((self.model, consumer), None)
+
     def refused(self, reason: str) -> None:
         _ACCESS_REFUSED.labels(self.model, reason).inc()
 
@@ -260,6 +266,39 @@ class AccessMetrics:
 
     def consumers(self, count: int) -> None:
         _ACCESS_CONSUMERS.labels(self.model).set(count)
+
+
+_RENDERS = Counter(
+    "modelplane_metrics_renders",
+    "Times /metrics was rendered; scrapes within METRICS_MAX_AGE_SECONDS of a render get "
+    "that render again.",
+)
+_RENDER_SECONDS = Counter(
+    "modelplane_metrics_render_seconds",
+    "Time spent rendering /metrics (on the event loop).",
+)
+# /metrics needs no key: without a bound, scrapers in a loop would render every series
+# (per consumer and outcome) on the event loop as often as they ask.
+METRICS_MAX_AGE_SECONDS = 1.0
+
+
+class MetricsCache:
+    """/metrics rendered at most once per METRICS_MAX_AGE_SECONDS, whoever asks."""
+
+    def __init__(self, render: Callable[[], bytes]) -> None:
+        self._render = render
+        self._body = b""
+        self._rendered = -METRICS_MAX_AGE_SECONDS
+
+    def body(self) -> tuple[bytes, float]:
+        """The latest render, and its age in seconds."""
+        now = time.monotonic()
+        if now - self._rendered >= METRICS_MAX_AGE_SECONDS:
+            _RENDERS.inc()
+            self._body = self._render()
+            self._rendered = time.monotonic()
+            _RENDER_SECONDS.inc(self._rendered - now)
+        return self._body, max(0.0, now - self._rendered)
 
 
 def connections_refused(status: int) -> None:

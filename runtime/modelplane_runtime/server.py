@@ -34,7 +34,7 @@ from modelplane_runtime.connections import ConnectionLimits, guarded_protocol
 from modelplane_runtime.errors import AccessFileError
 from modelplane_runtime.logs import configure_logging, write_termination_message
 from modelplane_runtime.memory import use_mmap_for_large_blocks
-from modelplane_runtime.metrics import AccessMetrics
+from modelplane_runtime.metrics import AccessMetrics, MetricsCache
 from modelplane_runtime.middleware import lean
 from modelplane_runtime.model import ModelLoadError
 
@@ -55,12 +55,15 @@ class _DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def _use_single_process_metrics() -> None:
-    """BentoML's metrics client assumes circus's multiprocess mode; one process needs none."""
+def _use_single_process_metrics() -> tuple[MetricsCache, str]:
+    """BentoML's metrics client assumes circus's multiprocess mode; one process needs none.
+    Returns /metrics as BentoML renders it, at most once a second, and its media type."""
     from bentoml._internal.configuration.containers import BentoMLContainer
     from bentoml._internal.server.metrics.prometheus import PrometheusClient
 
-    BentoMLContainer.metrics_client.set(PrometheusClient(multiproc=False))
+    client = PrometheusClient(multiproc=False)
+    BentoMLContainer.metrics_client.set(client)
+    return MetricsCache(client.generate_latest), client.CONTENT_TYPE_LATEST
 
 
 def serve(settings: RuntimeSettings) -> None:
@@ -70,7 +73,7 @@ def serve(settings: RuntimeSettings) -> None:
     # probes and small requests stay fast while a large body is decoded.
     sys.setswitchinterval(0.001)
     use_mmap_for_large_blocks()  # large requests' memory goes back to the kernel at once
-    _use_single_process_metrics()
+    metrics = _use_single_process_metrics()
     from modelplane_runtime.inference import InferenceEngine
     from modelplane_runtime.service import (
         AccessGuard,
@@ -93,7 +96,7 @@ def serve(settings: RuntimeSettings) -> None:
     answer_errors_as_json(app)
     # A response must start within the request timeout; a little margin for the batcher's.
     deadline = settings.request_timeout_seconds + 5
-    fast_path = Middleware(InferFastPath, access=access)
+    fast_path = Middleware(InferFastPath, access=access, metrics=metrics)
     app.user_middleware[:] = lean(app.user_middleware, fast_path, deadline)
     if access is not None:
         engine.restrict(access)

@@ -55,7 +55,7 @@ from modelplane_runtime.errors import (
 from modelplane_runtime.inference import InferenceEngine, off_the_loop
 from modelplane_runtime.json_tensors import SMALL_BODY, parse_body
 from modelplane_runtime.memory import Reservation
-from modelplane_runtime.metrics import failure_outcome
+from modelplane_runtime.metrics import MetricsCache, failure_outcome
 from modelplane_runtime.protocol import (
     BINARY_HEADER,
     InferenceRequest,
@@ -338,12 +338,19 @@ class InferFastPath:
     (its own routes, then the mount) and Starlette's two error layers cost more per
     request than the model; inference skips them. Errors are still rendered by
     ``_route``, and the layers outside this one (BentoML's outermost error handler,
-    the request deadline) still apply. Every other route takes the full stack.
+    the request deadline) still apply. Every other route takes the full stack, but
+    ``GET /metrics``, answered here from ``metrics`` (rendered at most once a second).
     """
 
-    def __init__(self, app: ASGIApp, access: AccessControl | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        access: AccessControl | None = None,
+        metrics: tuple[MetricsCache, str] | None = None,
+    ) -> None:
         self.app = app
         self.access = access  # restricted: the key is checked here (one layer less)
+        self.metrics = metrics  # the cache and its media type
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and (found := _INFER_PATH.match(scope["path"])) is not None:
@@ -362,8 +369,23 @@ class InferFastPath:
                 )
             await response(scope, receive, send)
             return
+        if (
+            self.metrics is not None
+            and scope["type"] == "http"
+            and scope["path"] == facts.METRICS_PATH
+            and scope["method"] == "GET"
+        ):
+            cache, media_type = self.metrics
+            body, age = cache.body()
+            headers = {METRICS_AGE_HEADER: f"{age:.3f}"}
+            await Response(body, media_type=media_type, headers=headers)(scope, receive, send)
+            return
         await self.app(scope, receive, send)
 
+
+# How old a /metrics answer is (seconds since it was rendered): for whoever needs one
+# rendered after an event (tests).
+METRICS_AGE_HEADER = "Modelplane-Metrics-Age"
 
 # Reachable without a key on a restricted model: the kubelet's probes and Prometheus.
 PUBLIC_PATHS = frozenset(

@@ -98,10 +98,23 @@ class RuntimeServer:
     def post(self, path: str, **kwargs: Any) -> requests.Response:
         return self.session.post(self.url + path, timeout=60, **kwargs)
 
+    def metrics(self) -> str:
+        """/metrics as rendered after this call began: the server renders it at most once a
+        second (its age in a header), so a fresh one may take up to a second."""
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while True:
+            asked = time.monotonic()
+            answer = self.get("/metrics")
+            waited = time.monotonic() - asked
+            age = float(answer.headers.get("Modelplane-Metrics-Age", "0"))
+            if age <= waited or time.monotonic() > deadline:
+                return answer.text
+            time.sleep(max(0.05, 1.0 - age))
+
     def metric(self, name: str, **labels: str) -> float:
-        """The value of one sample from /metrics (0 when absent)."""
+        """The value of one sample from /metrics rendered after the call (0 when absent)."""
         wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-        for line in self.get("/metrics").text.splitlines():
+        for line in self.metrics().splitlines():
             if line.startswith("#"):
                 continue
             key, _, value = line.rpartition(" ")
