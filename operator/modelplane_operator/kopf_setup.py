@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import kopf
@@ -64,7 +66,21 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, handler_ids: Ite
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """In a pod, the service account; elsewhere the kubeconfig (read now, not at import)."""
     found: kopf.ConnectionInfo | None = kopf.login_with_service_account(**kwargs)
-    return found or kopf.login_with_kubeconfig(**kwargs)
+    if found is not None:
+        return dataclasses.replace(found, server=in_cluster_server(os.environ, found.server))
+    return kopf.login_with_kubeconfig(**kwargs)
+
+
+def in_cluster_server(environ: Mapping[str, str], named: str) -> str:
+    """The API server's address as client-go's in-cluster config finds it: the ``kubernetes``
+    Service's address, which the kubelet puts in every pod's environment. kopf's own login
+    names ``kubernetes.default.svc``, which needs cluster DNS (and its default domain): on a
+    real node with no DNS yet, the operator could not start while the kubernetes client,
+    reading the same variables, could."""
+    host, port = environ.get("KUBERNETES_SERVICE_HOST"), environ.get("KUBERNETES_SERVICE_PORT")
+    if not host or not port:
+        return named
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
 
 
 def stop(memo: kopf.Memo) -> None:
