@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 CODE := $(wildcard api operator runtime tests bench)
 
-.PHONY: demo test lint typecheck unit crd manifests golden bench bench-versus bench-access bench-large bench-operator bench-operator-real clean e2e e2e-node
+.PHONY: demo test lint typecheck unit crd manifests golden bench bench-versus bench-access bench-large bench-operator bench-operator-real clean e2e e2e-node images
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "modelplane needs Python 3.11+")'
@@ -98,3 +98,13 @@ e2e: $(STAMP)
 e2e-node: $(STAMP)
 	@if [ "$$(id -u)" = 0 ]; then wrap="unshare --net --mount --propagation slave --"; else wrap=""; fi; \
 	MODELPLANE_NODE=1 $$wrap $(BIN)/python -m pytest tests/test_node $(PYTEST_ARGS) || test $$? -eq 5
+
+# The runtime and operator images from their own Dockerfiles, with no docker daemon or registry:
+# buildah, on a python:3.11-slim-bookworm stand-in built from Debian packages (mmdebstrap).
+# Writes docker-archives for `ctr -n k8s.io images import`, images.json (references, sizes)
+# and buildah's storage to IMAGES_DIR (MODELPLANE_IMAGES, which `make e2e-node` reads, else
+# ~/.cache/modelplane/images), outside the repository; smoke-tests each image; needs
+# root (~4 min the first time here; unchanged images are not rebuilt; FORCE=1 rebuilds all).
+IMAGES_DIR ?= $(or $(MODELPLANE_IMAGES),$(HOME)/.cache/modelplane/images)
+images:
+	IMAGES_DIR='$(IMAGES_DIR)' PYTHON='$(PYTHON)' images/build.sh

@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from modelplane_api.facts import HTTP_PORT as CONTAINER_PORT
 from modelplane_api.facts import RUNTIME_COMMAND, RUNTIME_UID
 from modelplane_api.facts import SCRATCH_DIRS as SCRATCH_VOLUMES
+from modelplane_operator.config import OperatorConfig
 from modelplane_testkit import helm
 from modelplane_testkit.onnx_models import relu_and_double
 from modelplane_testkit.operator_harness import OPERATOR_ARGS
@@ -27,6 +31,12 @@ from modelplane_testkit.operator_harness import OPERATOR_ARGS
 REPO = Path(__file__).resolve().parents[2]
 RUNTIME_IMAGES = [REPO / "runtime" / "Dockerfile", REPO / "runtime" / "Dockerfile.gpu"]
 OPERATOR_IMAGE = REPO / "operator" / "Dockerfile"
+BASE_IMAGE = REPO / "images" / "python-base" / "Dockerfile"
+BUILD_SCRIPT = REPO / "images" / "build.sh"
+CHART = REPO / "charts" / "modelplane"
+# onnxruntime's StringNormalizer (and any op with a `locale` attribute left out) asks for it.
+ONNXRUNTIME_LOCALE = "en_US.UTF-8"
+LOCALE_ARCHIVE = "/usr/lib/locale/locale-archive"
 PIP_WHEEL = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
 BUILD_TOOLS = ("gcc", "g++", "build-essential", "make ", "git ", "curl", "wget")
 
@@ -105,6 +115,58 @@ def test_gpu_runtime_installs_onnxruntime_gpu_on_cuda() -> None:
     assert ".[runtime-gpu," in build_steps
     assert ".[runtime," in " ".join(rest for _, rest in cpu[0])
     assert _final(RUNTIME_IMAGES[0])["ENTRYPOINT"] == _final(RUNTIME_IMAGES[1])["ENTRYPOINT"]
+
+
+@pytest.mark.parametrize("dockerfile", RUNTIME_IMAGES, ids=lambda p: p.name)
+def test_runtime_image_carries_the_locale_onnxruntime_asks_for(dockerfile: Path) -> None:
+    """Slim and CUDA bases have no en_US.UTF-8: StringNormalizer graphs would not load."""
+    build = " ".join(rest for instruction, rest in _stages(dockerfile)[0] if instruction == "RUN")
+    assert "install --yes --no-install-recommends" in build
+    assert re.search(r"install [^&]*\blocales\b", build), "the build stage installs locales"
+    language, _, charmap = ONNXRUNTIME_LOCALE.partition(".")
+    assert f"localedef --inputfile {language} --charmap {charmap} {ONNXRUNTIME_LOCALE}" in build
+    final = _final(dockerfile)
+    assert f"--from=build {LOCALE_ARCHIVE} {LOCALE_ARCHIVE}" in final["COPY"]
+    assert "locales" not in " ".join(final.get("RUN", [])), "only the archive, not the package"
+
+
+def test_images_are_tagged_as_the_chart_and_the_operator_expect() -> None:
+    """One version (the chart's appVersion, the distribution's) names both images everywhere."""
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    version = chart["appVersion"]
+    assert tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"] == version
+    runtime = f"ghcr.io/modelplane/runtime:{version}"
+    (deployment,) = [o for o in helm.template() if o["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == f"ghcr.io/modelplane/operator:{version}"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["MODELPLANE_OPERATOR_RUNTIME_IMAGE"] == runtime
+    assert OperatorConfig().runtime_image == runtime
+    assert OperatorConfig().runtime_gpu_image == f"ghcr.io/modelplane/runtime-gpu:{version}"
+    # `make images` tags its archives from the same appVersion, and the Dockerfiles say so.
+    script = BUILD_SCRIPT.read_text()
+    assert "charts/modelplane/Chart.yaml" in script
+    assert "ghcr.io/modelplane/runtime:$VERSION" in script
+    assert "ghcr.io/modelplane/operator:$VERSION" in script
+    assert f"-t {runtime} " in RUNTIME_IMAGES[0].read_text()
+    assert f"-t ghcr.io/modelplane/operator:{version} " in OPERATOR_IMAGE.read_text()
+
+
+def test_local_base_image_stands_in_for_python_slim() -> None:
+    """What the Dockerfiles need of PYTHON_IMAGE, the base `make images` builds provides."""
+    for dockerfile in (RUNTIME_IMAGES[0], OPERATOR_IMAGE):
+        assert "ARG PYTHON_IMAGE=python:3.11-slim-bookworm" in dockerfile.read_text()
+    (include,) = re.findall(r"--include=(\S+)", BUILD_SCRIPT.read_text())
+    packages = set(include.split(","))
+    # python -m venv, `python` itself, groupadd/useradd, TLS to PyPI; apt comes with --variant=apt.
+    assert {"python3", "python3-venv", "python-is-python3", "passwd", "ca-certificates"} <= packages
+    assert "--variant=apt" in BUILD_SCRIPT.read_text()
+    assert not {"locales", "gcc", "build-essential"} & packages, "the Dockerfiles' job, if anyone's"
+    base = _stages(BASE_IMAGE)
+    assert [rest for _, rest in (stage[0] for stage in base)] == ["scratch"]
+    env = _env(_final(BASE_IMAGE))
+    assert env["LANG"] == "C.UTF-8"
+    assert "/usr/bin" in env["PATH"].split(":")
 
 
 def test_operator_image_runs_what_the_chart_runs() -> None:
