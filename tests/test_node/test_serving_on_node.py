@@ -68,18 +68,18 @@ def runtime_pods(admin: RealCluster, ns: str, name: str) -> list[Obj]:
     ]
 
 
-def first_answer(address: str, model: str, timeout: float = 300) -> tuple[np.ndarray, float]:
+def first_answer(address: str, model: str, timeout: float = 300) -> tuple[list[Any], float]:
     """tritonclient through the Service until the model answers; the answer and when."""
     client = triton.InferenceServerClient(f"{address}:80", connection_timeout=5, network_timeout=10)
     x = triton.InferInput("x", [1, 4], "FP32")
     x.set_data_from_numpy(np.array([[1, -2, 3, -4]], dtype=np.float32))
 
-    def answered() -> np.ndarray | None:
+    def answered() -> list[Any] | None:
         try:
             result = client.infer(model, [x], outputs=[triton.InferRequestedOutput("double")])
         except Exception:  # noqa: BLE001 - not serving yet: connection refused, 503, ...
             return None
-        found: np.ndarray | None = result.as_numpy("double")
+        found: list[Any] = result.as_numpy("double").tolist()
         return found
 
     answer = wait_for(answered, f"an answer from {model} at {address}", timeout=timeout)
@@ -108,7 +108,7 @@ def test_apply_to_first_answer_in_a_restricted_namespace(  # noqa: PLR0917 - fix
         "apply to first answer, seconds (images imported, model over HTTP)",
         round(answered - applied, 1),
     )
-    assert answer.tolist() == [[2.0, -4.0, 6.0, -8.0]]
+    assert answer == [[2.0, -4.0, 6.0, -8.0]]
 
     status = ready_model(admin, ns, "tiny")["status"]
     assert status["model"]["sha256"] == digest
