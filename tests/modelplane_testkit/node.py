@@ -504,6 +504,10 @@ def bridge_network() -> None:
     Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
     # Pod -> Service -> pod on one bridge: the reply must pass iptables to be un-NATed.
     Path("/proc/sys/net/bridge/bridge-nf-call-iptables").write_text("1\n")
+    # Load tests open a connection per request (each is routed anew by kube-proxy): tens of
+    # thousands a minute would run out of ports held in TIME_WAIT.
+    Path("/proc/sys/net/ipv4/ip_local_port_range").write_text("1024 65000\n")
+    Path("/proc/sys/net/ipv4/tcp_tw_reuse").write_text("1\n")
 
 
 @contextlib.contextmanager
