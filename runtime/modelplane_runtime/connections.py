@@ -63,13 +63,23 @@ def raw_error(status: int, message: str, extra: tuple[tuple[str, str], ...] = ()
     return "\r\n".join(head).encode("ascii") + body
 
 
-def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
+class Closing:
+    """Set once shutdown begins: every response from then on says ``connection: close``."""
+
+    def __init__(self) -> None:
+        self.started = False
+
+
+def guarded_protocol(limits: ConnectionLimits, closing: Closing) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol bound to ``limits`` (uvicorn instantiates a class)."""
-    return type("GuardedHttpProtocol", (GuardedHttpProtocol,), {"limits": limits})
+    return type(
+        "GuardedHttpProtocol", (GuardedHttpProtocol,), {"limits": limits, "closing": closing}
+    )
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
     limits: ConnectionLimits
+    closing: Closing
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -129,6 +139,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._awaiting_headers = False
         super().on_headers_complete()
+        if self.closing.started and self.cycle is not None:
+            # A keep-alive client learns from this answer to reconnect, through the Service,
+            # to a pod that is staying.
+            self.cycle.keep_alive = False
 
     def on_message_complete(self) -> None:
         super().on_message_complete()

@@ -13,10 +13,13 @@ exits (status 1) without it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
+import time
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -30,7 +33,7 @@ if TYPE_CHECKING:
     from modelplane_runtime.inference import InferenceEngine
 from modelplane_api.access import InvalidAccessTable
 from modelplane_runtime.access import AccessControl
-from modelplane_runtime.connections import ConnectionLimits, guarded_protocol
+from modelplane_runtime.connections import Closing, ConnectionLimits, guarded_protocol
 from modelplane_runtime.errors import AccessFileError
 from modelplane_runtime.logs import configure_logging, write_termination_message
 from modelplane_runtime.memory import use_mmap_for_large_blocks
@@ -41,10 +44,28 @@ from modelplane_runtime.model import ModelLoadError
 log = logging.getLogger("modelplane.runtime")
 
 
+# How long idle keep-alive connections stay open once shutdown begins (within the pod's
+# grace period's margin): a request already on its way gets an answer saying
+# `connection: close`, where closing at once would meet it with a reset.
+KEEP_ALIVE_DRAIN_SECONDS = 2.0
+
+
 class _DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, engine: InferenceEngine) -> None:
+    def __init__(self, config: uvicorn.Config, engine: InferenceEngine, closing: Closing) -> None:
         super().__init__(config)
         self.engine = engine
+        self.closing = closing
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Stop accepting; let keep-alive clients leave on an answer; then uvicorn's own
+        shutdown (in-flight requests finish, idle connections close)."""
+        self.closing.started = True
+        for server in self.servers:
+            server.close()
+        deadline = time.monotonic() + KEEP_ALIVE_DRAIN_SECONDS
+        while self.server_state.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await super().shutdown(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if not self.should_exit:
@@ -113,14 +134,14 @@ def serve(settings: RuntimeSettings) -> None:
         proxy_headers=False,  # a pod behind a Service: no proxy headers to trust
         timeout_graceful_shutdown=settings.request_timeout_seconds,
         timeout_keep_alive=settings.keep_alive_seconds,  # type: ignore[arg-type]
-        http=guarded_protocol(ConnectionLimits.of(settings)),
+        http=guarded_protocol(ConnectionLimits.of(settings), closing := Closing()),
     )
     log.info("serving %s on http://%s:%d", settings.model_name, settings.host, settings.port)
     # uvicorn re-raises the signal into the handler that was there before it once it
     # has drained; a no-op there makes a completed drain exit 0, not "killed by SIGTERM".
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _drained)
-    _DrainingServer(config, engine).run()
+    _DrainingServer(config, engine, closing).run()
     if engine.abandoned_run:  # its thread would hold up the interpreter's exit for ever
         logging.shutdown()
         os._exit(1)

@@ -262,7 +262,10 @@ def get(address: str, port: int, path: str, timeout: float = 10.0) -> tuple[int,
 @dataclass
 class Load:
     """``clients`` threads calling one model through its Service until stopped; every answer
-    that is not a correct 200 is a failure, with what it was."""
+    that is not a correct 200 is a failure, with what it was. Half the clients open a
+    connection per request (kube-proxy routes each anew); half keep theirs alive, as
+    tritonclient and most HTTP clients do, and reconnect only when told to
+    (``connection: close``) or when the connection breaks (which counts as a failure)."""
 
     address: str
     model: str
@@ -274,25 +277,41 @@ class Load:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _threads: list[threading.Thread] = field(default_factory=list)
 
-    def _client(self) -> None:
-        body = INFER_BODY
+    def _client(self, keep_alive: bool) -> None:
+        body = json.dumps(INFER_BODY)
+        headers = {"Content-Type": "application/json", **self.headers}
+        path = f"/v2/models/{self.model}/infer"
+        connection: http.client.HTTPConnection | None = None
         while not self._stop.is_set():
+            problem = None
             try:
-                status, answer = post_json(
-                    self.address, 80, f"/v2/models/{self.model}/infer", body, headers=self.headers
-                )
-                wrong = status != 200 or answer["outputs"][0]["data"] != RELU_ANSWER
-                problem = f"{status} {answer}" if wrong else None
+                if connection is None:
+                    connection = http.client.HTTPConnection(self.address, 80, timeout=10)
+                connection.request("POST", path, body, headers)
+                response = connection.getresponse()
+                answer = json.loads(response.read() or b"{}")
+                if response.status != 200 or answer["outputs"][0]["data"] != RELU_ANSWER:
+                    problem = f"{response.status} {answer}"
+                if not keep_alive or response.getheader("connection") == "close":
+                    connection.close()
+                    connection = None
             except (OSError, http.client.HTTPException, ValueError, KeyError) as error:
-                problem = f"{type(error).__name__}: {error}"
+                kind = "keep-alive" if keep_alive else "new connection"
+                problem = f"{kind}: {type(error).__name__}: {error}"
+                if connection is not None:
+                    connection.close()
+                    connection = None
             with self._lock:
                 self.sent += 1
                 if problem:
                     self.failures.append(problem)
+        if connection is not None:
+            connection.close()
 
     def __enter__(self) -> Load:
         self._threads = [
-            threading.Thread(target=self._client, daemon=True) for _ in range(self.clients)
+            threading.Thread(target=self._client, args=(n % 2 == 1,), daemon=True)
+            for n in range(self.clients)
         ]
         for thread in self._threads:
             thread.start()

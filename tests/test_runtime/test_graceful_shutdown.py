@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import signal
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -109,3 +111,45 @@ def test_draining_turns_readiness_false_and_still_answers(tmp_path: Path) -> Non
     assert before == 200
     assert why == "the server is shutting down"
     assert answered >= 1
+
+
+def test_a_keep_alive_client_is_told_to_leave_not_reset(tmp_path: Path, logs: Path) -> None:
+    """A keep-alive connection idle when SIGTERM lands still gets its next request answered,
+    saying `connection: close` (so the client reconnects through the Service to a pod that
+    stays), where closing it at once would meet that request with a reset."""
+    model = onnx_models.relu_and_double(tmp_path / "relu.onnx")
+    server = RuntimeServer(["--model", str(model)], log_dir=logs).wait_live()
+    body = json.dumps(
+        {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, -2, 3, -4]}]}
+    )
+    path = "/v2/models/relu/infer"
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        connection.request("POST", path, body, {"Content-Type": "application/json"})
+        first = connection.getresponse()
+        first.read()
+        assert first.status == 200
+        assert first.getheader("connection") != "close"
+
+        server.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while _accepts(server.port):  # until shutdown has begun: no new connection
+            assert time.monotonic() < deadline, "the server kept accepting connections"
+            time.sleep(0.02)
+        connection.request("POST", path, body, {"Content-Type": "application/json"})
+        second = connection.getresponse()
+        assert second.status == 200, second.read()
+        assert second.getheader("connection") == "close"
+        assert json.loads(second.read())["outputs"][0]["data"] == [1, 0, 3, 0]
+        connection.close()
+        assert server.process.wait(timeout=30) == 0
+    finally:
+        server.terminate()
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
