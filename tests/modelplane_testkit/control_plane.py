@@ -161,10 +161,26 @@ def describe(event: dict[str, Any]) -> str:
 
 
 @dataclass
-class _Process:
+class Process:
+    """A component started in the background, its output in ``log``."""
+
     name: str
     popen: subprocess.Popen[bytes]
     log: Path
+
+
+def spawn(name: str, argv: list[str], workdir: Path) -> Process:
+    """Start ``argv`` in a session of its own, its output in ``workdir/<name>.log``."""
+    log = workdir / f"{name}.log"
+    with log.open("wb") as sink:
+        popen = subprocess.Popen(
+            argv,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    return Process(name, popen, log)
 
 
 @dataclass
@@ -179,7 +195,7 @@ class LocalControlPlane:
     # A real node (modelplane_testkit.node) needs the API server on the node's address too, a
     # CA of our own that pods trust (kube-root-ca.crt), and every controller (node lifecycle).
     node_address: str | None = None
-    processes: list[_Process] = field(default_factory=list)
+    processes: list[Process] = field(default_factory=list)
 
     def start(self) -> ApiServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -320,16 +336,7 @@ class LocalControlPlane:
         return key, public
 
     def _run(self, name: str, *args: str) -> None:
-        log = self.workdir / f"{name}.log"
-        with log.open("wb") as sink:
-            popen = subprocess.Popen(
-                [str(self.assets / name), *args],
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        self.processes.append(_Process(name, popen, log))
+        self.processes.append(spawn(name, [str(self.assets / name), *args], self.workdir))
 
     def _wait_ready(self, cluster: ApiServer) -> None:
         http = cluster.session()

@@ -11,6 +11,7 @@ taken (the wheel's own dependencies are never installed).
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -119,6 +120,27 @@ def _with_values(values: Obj | None, *args: str) -> str:
         yaml.safe_dump(values or {}, values_file)
         values_file.flush()
         return helm(*args, "--values", values_file.name)
+
+
+def install_release(
+    kubeconfig: Path, release: str, values: dict[str, object] | None = None
+) -> None:
+    """`helm install` of the chart into the cluster ``kubeconfig`` names (crds/ first, as helm
+    does), each value set with ``--set-json``."""
+    args = [str(install_helm()), "install", release, str(CHART)]
+    args += ["--namespace", INSTALL_NAMESPACE, "--create-namespace", "--wait=false"]
+    for key, value in (values or {}).items():
+        args += ["--set-json", f"{key}={json.dumps(value)}"]
+    result = subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+    )
+    if result.returncode != 0:
+        raise HelmError(result.stderr.strip())
 
 
 def install_yaml() -> str:

@@ -31,7 +31,14 @@ from pathlib import Path
 
 import requests
 
-from modelplane_testkit.control_plane import ApiServer, LocalControlPlane, find_assets, free_port
+from modelplane_testkit.control_plane import (
+    ApiServer,
+    LocalControlPlane,
+    Process,
+    find_assets,
+    free_port,
+    spawn,
+)
 
 NODE_ENV = "MODELPLANE_NODE"  # set by `make e2e-node`, which runs the tests in their namespaces
 IMAGES_ENV = "MODELPLANE_IMAGES"
@@ -147,20 +154,13 @@ def pause_image_archive(pause: Path, target: Path) -> Path:
 
 
 @dataclass
-class _Process:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-
-@dataclass
 class LocalNode:
     """One node, ``NODE_NAME``, registered with ``api``; everything under ``workdir``."""
 
     api: ApiServer
     assets: Path
     workdir: Path
-    processes: list[_Process] = field(default_factory=list)
+    processes: list[Process] = field(default_factory=list)
     created_dirs: list[Path] = field(default_factory=list)
     cgroups: list[Path] = field(default_factory=list)
 
@@ -209,16 +209,7 @@ class LocalNode:
     # --- the components ----------------------------------------------------------------------
 
     def _spawn(self, name: str, *args: str) -> None:
-        log = self.workdir / f"{name}.log"
-        with log.open("wb") as sink:
-            popen = subprocess.Popen(
-                list(args),
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        self.processes.append(_Process(name, popen, log))
+        self.processes.append(spawn(name, list(args), self.workdir))
 
     def _containerd(self) -> None:
         root = self.workdir / "containerd"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gc
 import os
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -70,20 +69,8 @@ def admin(api_server: ApiServer) -> RealCluster:
 
 
 def helm_install(server: ApiServer, release: str, values: dict[str, object] | None = None) -> None:
-    """`helm install` of the chart into the real API server (crds/ first, as helm does)."""
-    args = [str(helm.install_helm()), "install", release, str(helm.CHART)]
-    args += ["--namespace", RELEASE_NAMESPACE, "--create-namespace", "--wait=false"]
-    for key, value in (values or {}).items():
-        args += ["--set-json", f"{key}={__import__('json').dumps(value)}"]
-    result = subprocess.run(
-        args,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={**os.environ, "KUBECONFIG": str(server.kubeconfig)},
-    )
-    assert result.returncode == 0, result.stderr
+    """`helm install` of the chart into the real API server."""
+    helm.install_release(server.kubeconfig, release, values)
 
 
 @pytest.fixture(scope="session")

@@ -12,10 +12,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import os
-import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +25,7 @@ from modelplane_testkit import helm
 from modelplane_testkit.control_plane import ApiServer
 from modelplane_testkit.node import LocalNode, cluster_with_node
 from modelplane_testkit.onnx_models import relu_and_double
+from modelplane_testkit.operator_harness import wait_for as wait_briefly
 from modelplane_testkit.real_cluster import RealCluster
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,14 +48,8 @@ Obj = dict[str, Any]
 
 
 def wait_for(check: Callable[[], T | None], what: str, timeout: float = 120.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.25)
+    """The testkit's bounded wait, at a node's pace by default (pods start, kubelets sync)."""
+    return wait_briefly(check, what, timeout)
 
 
 @dataclass
@@ -108,20 +100,12 @@ def admin(api: ApiServer) -> RealCluster:
 def operator_pod(api: ApiServer, admin: RealCluster) -> Obj:
     """`helm install` of the chart with the operator image built here, running as a Pod."""
     tag = yaml.safe_load((helm.CHART / "Chart.yaml").read_text())["appVersion"]
-    args = [str(helm.install_helm()), "install", helm.RELEASE, str(helm.CHART)]
-    args += ["--namespace", helm.INSTALL_NAMESPACE, "--create-namespace", "--wait=false"]
-    args += ["--set", f"operator.image.repository={OPERATOR_IMAGE}"]
-    args += ["--set", f"operator.image.tag={tag}", "--set", "operator.image.pullPolicy=Never"]
-    args += ["--set", f"runtime.image={RUNTIME_IMAGE}", "--set", "operator.logFormat=text"]
-    installed = subprocess.run(
-        args,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={**os.environ, "KUBECONFIG": str(api.kubeconfig)},
+    values = {"repository": OPERATOR_IMAGE, "tag": tag, "pullPolicy": "Never"}
+    helm.install_release(
+        api.kubeconfig,
+        helm.RELEASE,
+        {"operator.image": values, "runtime.image": RUNTIME_IMAGE, "operator.logFormat": "text"},
     )
-    assert installed.returncode == 0, installed.stderr
 
     def running() -> Obj | None:
         for pod in admin.list("pods", helm.INSTALL_NAMESPACE):
