@@ -202,6 +202,9 @@ class AccessControl:
                 continue
             if signature in (self._seen, self._failed):
                 continue
+            # Said before the read, as the table's own line is after it: how long a reload
+            # took shows in the log (and a test sees the loop answer probes in between).
+            log.info("access file %s changed: reading it", self.path)
             parsed = await asyncio.to_thread(_parsed, self.path)
             self._install_parsed(signature, parsed)
 

@@ -212,7 +212,13 @@ class InferenceEngine:
             usage.rows = model.declared_rows(inputs)
             if usage.admit_rows is not None:  # before decoding and queueing, not after
                 usage.admit_rows(usage.rows)
-        arrays = await off_the_loop(decode, inputs) if large else decode(inputs)
+        if large:  # its lines bracket the decode: the loop answers probes in between
+            log.debug("%s: decoding a large request on the decoder thread", name)
+            began = time.perf_counter()
+            arrays = await off_the_loop(decode, inputs)
+            log.debug("%s: decoded in %.3fs", name, time.perf_counter() - began)
+        else:
+            arrays = decode(inputs)
         # the caller bounds the request's time
         outputs = await batcher.infer(arrays, usage, deadline)
         by_name = dict(zip(model.output_names, outputs, strict=True))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -14,8 +15,13 @@ from typing import Any
 
 import requests
 
+from modelplane_api import facts
+
 STARTUP_TIMEOUT = 90.0
 STOP_TIMEOUT = 30.0
+# The kubelet's probes; and how long a test waits for slow work it probes around.
+PROBE_PATHS = (facts.LIVE_PATH, facts.READY_PATH)
+PROBED_WORK_TIMEOUT = 30.0
 
 
 def run_runtime_cli(
@@ -128,6 +134,39 @@ class RuntimeServer:
         if not self._log.closed:
             self._log.flush()
         return self.log_path.read_text(errors="replace")
+
+    def probes_answered_between(
+        self,
+        begun: str,
+        ended: str,
+        *,
+        log_from: int,
+        timeout: float = PROBED_WORK_TIMEOUT,
+    ) -> dict[str, int]:
+        """How many health probes (live, then ready, in turn) were answered 200 while the
+        server was between two of its log lines, both written after ``log_from`` (a length
+        of :meth:`log`): each probe sent once ``begun`` was written, and answered before
+        ``ended`` was (the log is read again once the answer is in).
+
+        A proof by order alone, however busy the machine: if the work between the two lines
+        held the event loop, no probe could be answered between them, so none counts."""
+        deadline = time.monotonic() + timeout
+        counts = dict.fromkeys(PROBE_PATHS, 0)
+        while begun not in self.log()[log_from:]:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {begun!r} in the log after {timeout}s:\n{self.log()}")
+            time.sleep(0.005)
+        for path in itertools.cycle(PROBE_PATHS):
+            if ended in self.log()[log_from:]:
+                return counts
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {ended!r} in the log after {timeout}s:\n{self.log()}")
+            answer = self.get(path)
+            if ended in self.log()[log_from:]:
+                return counts  # answered, but perhaps only once the work was done
+            assert answer.status_code == 200, (path, answer.status_code, answer.text)
+            counts[path] += 1
+        raise AssertionError("unreachable")  # for mypy: cycle() never ends
 
     def terminate(self) -> int:
         """SIGTERM, then wait (bounded); kill if it does not exit."""

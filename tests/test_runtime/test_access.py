@@ -7,6 +7,7 @@ a timestamped directory, ``..data`` a symlink to it, swapped by a rename.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import itertools
 import json
 import time
@@ -21,9 +22,9 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from modelplane_api import facts
-from modelplane_api.access import key_digest, new_key
+from modelplane_api.access import MAX_CONSUMERS, MAX_KEYS_PER_CONSUMER, key_digest, new_key
 from modelplane_testkit.mounted import AccessDir
-from modelplane_testkit.runtime_server import RuntimeServer, run_runtime_cli
+from modelplane_testkit.runtime_server import PROBE_PATHS, RuntimeServer, run_runtime_cli
 
 # Longest wait for a published change to be served: the runtime's re-read interval, and
 # slack for a busy machine (the bound itself is ACCESS_RELOAD_SECONDS).
@@ -352,6 +353,66 @@ def test_a_consumers_limit_holds_across_replicas(
             server.terminate()
     expected = 6 * elapsed + 3
     assert expected - replicas - 1 <= accepted <= expected + replicas, (accepted, expected)
+
+
+# Large access files published until both probes were seen answered during a reload: one
+# usually does, the others are for a machine so busy that no probe got in meanwhile.
+RELOADS = 3
+
+
+def _large_table(key: str, salt: int) -> dict[str, Any]:
+    """MAX_CONSUMERS consumers of 60 models and MAX_KEYS_PER_CONSUMER keys each (about 12
+    MB: parsing it takes hundreds of milliseconds); ``key`` is the first one's."""
+    digests = (hashlib.sha256(b"%d-%d" % (salt, n)).hexdigest() for n in itertools.count())
+    later = "2099-01-01T00:00:00Z"
+    consumers = [
+        {
+            "name": f"consumer-{n}",
+            "models": ["relu", *(f"model-{m}" for m in range(59))],
+            "keys": [
+                {"sha256": key_digest(key) if n == 0 else next(digests)},
+                *(
+                    {"sha256": next(digests), "notAfter": later}
+                    for _ in range(MAX_KEYS_PER_CONSUMER - 1)
+                ),
+            ],
+            "limits": {"requestsPerSecond": 100, "burst": 100, "rowsPerSecond": 1000},
+        }
+        for n in range(MAX_CONSUMERS)
+    ]
+    return {"replicas": 2, "consumers": consumers}
+
+
+def test_probes_are_answered_while_a_large_access_file_is_read_and_parsed(
+    models: dict[str, Path], logs: Path, tmp_path: Path
+) -> None:
+    """Point 10's "parse off the loop": a changed access file of MAX_CONSUMERS consumers is
+    read and parsed on a worker thread. Proved by order: the runtime logs a line before the
+    read and the table's line after it is installed, with no await between them but the
+    worker thread's; a probe sent once the first is written and answered before the second
+    can only have been answered by a loop the parse did not hold. Parsed on the loop, none
+    ever is, whatever the machine's load."""
+    folder = AccessDir(tmp_path / "mounted")
+    folder.publish({"consumers": BASE_CONSUMERS})
+    args = ["--model", str(models["relu"]), "--access", str(folder.file)]
+    answered = dict.fromkeys(PROBE_PATHS, 0)
+    with RuntimeServer(args, log_dir=logs) as server:
+        for salt in range(RELOADS):
+            key = new_key()
+            table = _large_table(key, salt)
+            log_from = len(server.log())
+            folder.publish(table)  # a new file: the next re-read takes it
+            counts = server.probes_answered_between(
+                f"access file {folder.file} changed: reading it",
+                f"access: {MAX_CONSUMERS} consumers",
+                log_from=log_from,
+            )
+            assert _infer(server, key).status_code == 200  # the large table is in force
+            for path, count in counts.items():
+                answered[path] += count
+            if all(answered.values()):
+                break
+        assert all(answered.values()), (answered, server.log()[-3000:])
 
 
 def test_new_key_prints_a_key_and_the_digest_an_access_file_lists() -> None:
