@@ -46,6 +46,12 @@ Arrays = dict[str, np.ndarray[Any, Any]]
 Outputs = list[np.ndarray[Any, Any]]
 
 
+# A terminated run stops at onnxruntime's next check of the flag, a moment after its
+# deadline (longer on a busy machine): only a run this far past it makes the lane stuck.
+# Less, and every deadline a run overshoots would fail readiness and refuse requests.
+STUCK_AFTER_SECONDS = 2.0
+
+
 @dataclass(slots=True)
 class Usage:
     """What one request costs: its rows, and their share of its batch's run time."""
@@ -144,12 +150,13 @@ class Batcher:
         self._executor.shutdown(wait=True)
 
     def stuck_seconds(self) -> float | None:
-        """How long the run on the compute thread has outlived its deadline; None if none."""
+        """How long the run on the compute thread has outlived its deadline, once that is
+        more than STUCK_AFTER_SECONDS; None otherwise."""
         running = self._running
         if running is None or running.deadline is None:
             return None
         late = asyncio.get_running_loop().time() - running.deadline
-        return late if late > 0 else None
+        return late if late > STUCK_AFTER_SECONDS else None
 
     async def infer(
         self, arrays: Arrays, usage: Usage | None = None, deadline: float | None = None
