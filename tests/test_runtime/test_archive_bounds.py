@@ -3,13 +3,10 @@ command as a subprocess, on archives built here, over file:// URIs."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import io
 import os
 import tarfile
-import threading
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +17,7 @@ from modelplane_api import facts
 from modelplane_api.spec import parse_model_deployment
 from modelplane_operator.config import OperatorConfig
 from modelplane_operator.render import render_children
+from modelplane_testkit.file_server import files_served
 from modelplane_testkit.runtime_server import run_runtime_cli
 
 
@@ -159,19 +157,8 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A local HTTP server over a folder (a fetched model must come from somewhere)."""
     root = tmp_path / "served"
     root.mkdir()
-    handler = functools.partial(_Quiet, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", root
-    server.shutdown()
-    thread.join(timeout=10)
-    server.server_close()
-
-
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:
-        pass
+    with files_served(root) as base:
+        yield base, root
 
 
 def test_the_rendered_fetch_stops_at_the_model_volumes_size(

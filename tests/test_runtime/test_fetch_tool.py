@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import pytest
 
 from modelplane_runtime.errors import FetchError
 from modelplane_runtime.fetch import fetch
+from modelplane_testkit.file_server import files_served
 from modelplane_testkit.runtime_server import run_runtime_cli
 
 PAYLOAD = b"onnx bytes " * 50_000
@@ -26,20 +25,8 @@ def http_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     (root / "model.onnx").write_bytes(PAYLOAD)
     (root / "large.onnx").write_bytes(LARGE)
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            super().__init__(*args, directory=str(root), **kwargs)  # type: ignore[arg-type]
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    thread.join(timeout=10)
-    server.server_close()
+    with files_served(root) as base:
+        yield base
 
 
 GOOD = hashlib.sha256(PAYLOAD).hexdigest()

@@ -5,14 +5,12 @@ the archive, and served; compared with onnxruntime on the original files."""
 from __future__ import annotations
 
 import hashlib
-import http.server
 import io
 import json
 import logging
 import shutil
 import stat
 import tarfile
-import threading
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +25,7 @@ from modelplane_runtime import fetch as fetch_module
 from modelplane_runtime.errors import FetchError
 from modelplane_runtime.fetch import fetch_tree
 from modelplane_testkit import onnx_models
+from modelplane_testkit.file_server import files_served
 from modelplane_testkit.runtime_server import RuntimeServer, run_runtime_cli
 
 WEIGHTS = "weights.bin"
@@ -71,20 +70,8 @@ def served(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterato
         for name in ("chain.onnx", WEIGHTS):
             bundle.write(model_dir / name, arcname=name)
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            super().__init__(*args, directory=str(root), **kwargs)  # type: ignore[arg-type]
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", root
-    server.shutdown()
-    thread.join(timeout=10)
-    server.server_close()
+    with files_served(root) as base:
+        yield base, root
 
 
 def _same_files(fetched: Path, original: Path) -> None:

@@ -9,10 +9,8 @@ to the volume change nothing; ``serve -f`` of an archive with its sha256 serves 
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import tarfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from onnx import TensorProto, helper
 
 from modelplane_api import facts
 from modelplane_testkit import onnx_models
+from modelplane_testkit.file_server import files_served
 from modelplane_testkit.runtime_server import RuntimeServer, run_runtime_cli
 
 WIDTH = 4
@@ -208,20 +207,8 @@ def archive_origin(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         for name in ("chain.onnx", "weights.bin"):
             tar.add(tree / name, arcname=name)
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            super().__init__(*args, directory=str(root), **kwargs)  # type: ignore[arg-type]
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", tmp_path
-    server.shutdown()
-    thread.join(timeout=10)
-    server.server_close()
+    with files_served(root) as base:
+        yield base, tmp_path
 
 
 def test_serve_f_of_an_archive_with_its_digest_serves_it(
