@@ -29,8 +29,8 @@ ROWS = 64
 
 
 def test_sigterm_loses_no_request_in_flight(tmp_path: Path, logs: Path) -> None:
-    # ~0.5 s per request on one thread: most are still queued when SIGTERM lands.
-    model = onnx_models.slow_loop(tmp_path / "slow.onnx", width=1024, iterations=250)
+    # ~1 s per request on one thread: most are still queued when SIGTERM lands.
+    model = onnx_models.slow_loop(tmp_path / "slow.onnx", width=1024, iterations=500)
     env = {
         "MODELPLANE_MAX_BATCH_SIZE": "1",
         "MODELPLANE_INTRA_OP_THREADS": "1",
@@ -58,15 +58,13 @@ def test_sigterm_loses_no_request_in_flight(tmp_path: Path, logs: Path) -> None:
         url = server.url + "/v2/models/slow/infer"
         with ThreadPoolExecutor(IN_FLIGHT) as pool:
             futures = [pool.submit(requests.post, url, data=body, timeout=120) for body in bodies]
-            deadline = time.monotonic() + 30
-            while True:  # every request has reached the server: pending or answered
-                pending = server.metric("modelplane_pending_requests", model="slow")
-                if pending + sum(f.done() for f in futures) >= IN_FLIGHT:
-                    break
-                assert time.monotonic() < deadline, "requests never arrived"
+            deadline = time.monotonic() + 60
+            # SIGTERM once at least half are queued or running: enough in flight to prove
+            # something, however slowly a busy machine delivers the rest.
+            while server.metric("modelplane_pending_requests", model="slow") < IN_FLIGHT // 2:
+                assert time.monotonic() < deadline, "too few requests ever in flight"
                 time.sleep(0.01)
             server.process.send_signal(signal.SIGTERM)
-            assert pending >= IN_FLIGHT // 2, "too few requests in flight to prove anything"
             time.sleep(0.5)
             # No new connection is accepted (the kubelet's probe fails), while every
             # request already in flight is still answered below.
