@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from modelplane_api import facts
 
@@ -81,6 +83,11 @@ class RuntimeServer:
             stderr=subprocess.STDOUT,
         )
         self.session = requests.Session()
+        # A GET on a pooled connection the server has just closed as idle (keep-alive can be
+        # 1 s in these tests) is sent again, as browsers and urllib3 do for idempotent
+        # requests; a POST never is, so what a test posts is answered once or fails.
+        idempotent = Retry(total=2, connect=0, read=2, status=0, other=0, allowed_methods={"GET"})
+        self.session.mount("http://", HTTPAdapter(max_retries=idempotent))
 
     def wait_live(self) -> RuntimeServer:
         deadline = time.monotonic() + STARTUP_TIMEOUT
