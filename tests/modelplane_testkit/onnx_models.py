@@ -28,7 +28,7 @@ ELEMENT_TYPES = {
 }
 
 
-def _save(graph: onnx.GraphProto, path: Path) -> Path:
+def save_graph(graph: onnx.GraphProto, path: Path) -> Path:
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION
     )
@@ -53,7 +53,7 @@ def relu_and_double(path: Path) -> Path:
         [relu, double],
         initializer=[two],
     )
-    return _save(graph, path)
+    return save_graph(graph, path)
 
 
 def identity_per_datatype(path: Path) -> Path:
@@ -63,7 +63,7 @@ def identity_per_datatype(path: Path) -> Path:
         inputs.append(helper.make_tensor_value_info(f"in_{name}", element, ["batch", 3]))
         outputs.append(helper.make_tensor_value_info(f"out_{name}", element, ["batch", 3]))
         nodes.append(helper.make_node("Identity", [f"in_{name}"], [f"out_{name}"]))
-    return _save(helper.make_graph(nodes, "identities", inputs, outputs), path)
+    return save_graph(helper.make_graph(nodes, "identities", inputs, outputs), path)
 
 
 def fixed_batch(path: Path) -> Path:
@@ -74,7 +74,7 @@ def fixed_batch(path: Path) -> Path:
     graph = helper.make_graph(
         [helper.make_node("Add", ["x", "one"], ["y"])], "fixed", [x], [y], initializer=[one]
     )
-    return _save(graph, path)
+    return save_graph(graph, path)
 
 
 def ragged_width(path: Path) -> Path:
@@ -82,7 +82,7 @@ def ragged_width(path: Path) -> Path:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "width"])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "width"])
     graph = helper.make_graph([helper.make_node("Mul", ["x", "x"], ["y"])], "square", [x], [y])
-    return _save(graph, path)
+    return save_graph(graph, path)
 
 
 def reciprocal(path: Path) -> Path:
@@ -90,7 +90,7 @@ def reciprocal(path: Path) -> Path:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])
     graph = helper.make_graph([helper.make_node("Reciprocal", ["x"], ["y"])], "recip", [x], [y])
-    return _save(graph, path)
+    return save_graph(graph, path)
 
 
 def matmul_chain(path: Path, *, width: int = 256, layers: int = 8, seed: int = 0) -> Path:
@@ -107,7 +107,7 @@ def matmul_chain(path: Path, *, width: int = 256, layers: int = 8, seed: int = 0
     nodes.append(helper.make_node("Identity", [current], ["y"]))
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])
-    return _save(helper.make_graph(nodes, "chain", [x], [y], initializer=initializers), path)
+    return save_graph(helper.make_graph(nodes, "chain", [x], [y], initializer=initializers), path)
 
 
 def string_input(path: Path) -> Path:
@@ -146,11 +146,16 @@ def bfloat16_input(path: Path) -> Path:
     x = helper.make_tensor_value_info("x", TensorProto.BFLOAT16, ["batch"])
     y = helper.make_tensor_value_info("y", TensorProto.BFLOAT16, ["batch"])
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "bf16", [x], [y])
-    return _save(graph, path)
+    return save_graph(graph, path)
 
 
-def slow_loop(path: Path, *, width: int = 1024, iterations: int = 200, seed: int = 0) -> Path:
-    """x FP32 [batch, width] -> tanh(. W) applied ``iterations`` times: slow, yet a small file."""
+def slow_loop(
+    path: Path, *, width: int = 1024, iterations: int | None = 200, seed: int = 0
+) -> Path:
+    """x FP32 [batch, width] -> tanh(. W) applied ``iterations`` times: slow, yet a small file.
+
+    ``iterations=None``: a second input, trips INT64 [], says how many: as slow as the request
+    asks (onnxruntime checks its terminate flag between iterations)."""
     weight = np.random.default_rng(seed).standard_normal((width, width)) / np.sqrt(width)
     body = helper.make_graph(
         [
@@ -169,18 +174,28 @@ def slow_loop(path: Path, *, width: int = 1024, iterations: int = 200, seed: int
             helper.make_tensor_value_info("state_out", TensorProto.FLOAT, ["batch", width]),
         ],
     )
+    trips_input = (
+        []
+        if iterations is not None
+        else [helper.make_tensor_value_info("trips", TensorProto.INT64, [])]
+    )
+    trips_fixed = (
+        []
+        if iterations is None
+        else [numpy_helper.from_array(np.array(iterations, dtype=np.int64), "trips")]
+    )
     graph = helper.make_graph(
         [helper.make_node("Loop", ["trips", "keep_going", "x"], ["y"], body=body)],
         "slow",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width]), *trips_input],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
         initializer=[
             numpy_helper.from_array(weight.astype(np.float32), "w"),
-            numpy_helper.from_array(np.array(iterations, dtype=np.int64), "trips"),
+            *trips_fixed,
             numpy_helper.from_array(np.array(True), "keep_going"),
         ],
     )
-    return _save(graph, path)
+    return save_graph(graph, path)
 
 
 def gather_table(path: Path) -> Path:
@@ -198,7 +213,7 @@ def gather_table(path: Path) -> Path:
         [y],
         initializer=[table],
     )
-    return _save(graph, path)
+    return save_graph(graph, path)
 
 
 TOKENIZER_VOCAB = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world", "good",

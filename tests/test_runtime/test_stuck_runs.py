@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from modelplane_testkit import onnx_models
 from modelplane_testkit.runtime_server import STOP_TIMEOUT, RuntimeServer
 
 TIMEOUT = 1  # MODELPLANE_REQUEST_TIMEOUT_SECONDS
@@ -23,50 +23,6 @@ ENV = {
     "MODELPLANE_INTRA_OP_THREADS": "1",
     "MODELPLANE_WARMUP_ITERATIONS": "0",
 }
-
-
-def _save(graph: onnx.GraphProto, path: Path) -> Path:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
-
-
-def _loop_model(path: Path) -> Path:
-    """x FP32 [batch, WIDTH], trips INT64 [] -> tanh(. W) applied ``trips`` times: as slow
-    as the request asks, and onnxruntime checks its terminate flag between iterations."""
-    weight = np.random.default_rng(0).standard_normal((WIDTH, WIDTH)) / np.sqrt(WIDTH)
-    body = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["state_in", "w"], ["product"]),
-            helper.make_node("Tanh", ["product"], ["state_out"]),
-            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
-        ],
-        "body",
-        [
-            helper.make_tensor_value_info("i", TensorProto.INT64, []),
-            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("state_in", TensorProto.FLOAT, ["batch", WIDTH]),
-        ],
-        [
-            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("state_out", TensorProto.FLOAT, ["batch", WIDTH]),
-        ],
-    )
-    graph = helper.make_graph(
-        [helper.make_node("Loop", ["trips", "keep_going", "x"], ["y"], body=body)],
-        "loop",
-        [
-            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", WIDTH]),
-            helper.make_tensor_value_info("trips", TensorProto.INT64, []),
-        ],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", WIDTH])],
-        initializer=[
-            numpy_helper.from_array(weight.astype(np.float32), "w"),
-            numpy_helper.from_array(np.array(True), "keep_going"),
-        ],
-    )
-    return _save(graph, path)
 
 
 def _nms_model(path: Path) -> Path:
@@ -85,7 +41,7 @@ def _nms_model(path: Path) -> Path:
             numpy_helper.from_array(np.array([1.0], dtype=np.float32), "iou"),
         ],
     )
-    return _save(graph, path)
+    return onnx_models.save_graph(graph, path)
 
 
 def _loop_request(x: np.ndarray[Any, Any], trips: int) -> dict[str, Any]:
@@ -109,7 +65,7 @@ def _until(check: Any, seconds: float) -> bool:
 def test_a_run_past_the_deadline_is_terminated_and_the_lane_serves_again(
     tmp_path: Path, logs: Path
 ) -> None:
-    model = _loop_model(tmp_path / "loop.onnx")
+    model = onnx_models.slow_loop(tmp_path / "loop.onnx", width=WIDTH, iterations=None)
     x = np.random.default_rng(1).standard_normal((2, WIDTH)).astype(np.float32)
     with RuntimeServer(["--model", str(model)], env=ENV, log_dir=logs) as server:
         endless = server.post("/v2/models/loop/infer", json=_loop_request(x, 1 << 40))
