@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 CODE := $(wildcard api operator runtime tests bench)
 
-.PHONY: demo test lint typecheck unit crd manifests golden bench bench-versus bench-access bench-large bench-operator bench-operator-real clean e2e e2e-node images
+.PHONY: demo test lint typecheck unit crd manifests golden promtool bench bench-versus bench-access bench-large bench-operator bench-operator-real clean e2e e2e-node images
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "modelplane needs Python 3.11+")'
@@ -19,7 +19,19 @@ $(STAMP): pyproject.toml
 	@$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[operator,runtime,export,test,extensions]' '$(TORCH)' \
 		2> >(grep -v -e 'is ignored: it is neither' -e 'BuildBackendWarning' >&2 || true)
 	@PYTHONPATH=tests $(BIN)/python -m modelplane_testkit.helm install
+	@command -v promtool >/dev/null || test -x $(BIN)/promtool || $(MAKE) -s --no-print-directory promtool 2>/dev/null \
+		|| echo "no promtool (needs apt-get and Debian's prometheus package): the alert rule tests will skip"
 	@touch $(STAMP)
+
+# promtool, from Debian's prometheus package, for the alert rule tests (tests/test_install/
+# test_monitoring.py). Only the binary is unpacked into the virtualenv: the package is not
+# installed, so its service is never started and the system is left as it was.
+promtool:
+	@deb=$$(mktemp -d); trap 'rm -rf "$$deb"' EXIT; cd "$$deb"; \
+	apt-get download -qq prometheus >/dev/null 2>&1 || { test "$$(id -u)" = 0 \
+		&& apt-get update -qq >/dev/null 2>&1 && apt-get download -qq prometheus >/dev/null 2>&1; }; \
+	dpkg-deb -x prometheus_*.deb root; \
+	install -m 755 root/usr/bin/promtool "$(CURDIR)/$(BIN)/promtool"
 
 demo: $(STAMP)
 	@$(BIN)/python -m modelplane_operator.demo

@@ -31,7 +31,13 @@ from modelplane_operator import kinds
 from modelplane_operator.applier import ChildResult, LiveLookup, Outcome, apply_children
 from modelplane_operator.config import OperatorConfig
 from modelplane_operator.kube import ApiError, KubeApi
-from modelplane_operator.metrics import RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES
+from modelplane_operator.metrics import (
+    RECONCILE_ERRORS,
+    RECONCILE_SECONDS,
+    RECONCILES,
+    forget_model_deployment,
+    observe_status,
+)
 from modelplane_operator.render import guaranteed_replicas, render_children, service_url
 from modelplane_operator.status import Problem, compute_status, status_patch
 
@@ -156,12 +162,14 @@ def _reconcile(
             problem=problem,
             now=now(),
         )
+        observe_status(namespace, name, status)
         if status == previous:
             return False
         try:
             api.patch_status(namespace, name, status_patch(previous, status))
         except ApiError as exc:
             if exc.status == 404:  # deleted meanwhile: nothing to report on
+                forget_model_deployment(namespace, name)
                 return False
             raise RetryLater(f"status write failed: {exc}", delay=_delay(exc)) from None
         on_status_written(status)

@@ -22,6 +22,7 @@ from modelplane_operator.applier import Outcome
 from modelplane_operator.consumers import reconcile_consumer
 from modelplane_operator.freshness import RecentWrites
 from modelplane_operator.kinds import BY_KIND, MODEL_CONSUMER, PODS
+from modelplane_operator.metrics import forget_model_deployment
 from modelplane_operator.reconcile import RetryLater, SpecRejected, reconcile
 from modelplane_operator.watch_cache import (
     Override,
@@ -76,6 +77,8 @@ def on_model_deployment_event(
     if event["type"] not in {"ADDED", "DELETED"}:
         return
     namespace = event["object"].get("metadata", {}).get("namespace", "")
+    if event["type"] == "DELETED":  # one without children has no child event to forget it
+        forget_model_deployment(namespace, event["object"].get("metadata", {}).get("name", ""))
     models = models_by_access(indexes, namespace)
     for consumer in consumers_in(indexes, namespace):
         key = consumer_key(namespace, consumer["metadata"]["name"])
@@ -260,6 +263,7 @@ def _reconcile(
 def forget(key: Key, memo: kopf.Memo) -> None:
     """A ModelDeployment is gone: drop what the operator kept about it."""
     memo.written.pop(key, None)
+    forget_model_deployment(*key)
     memo.recent.forget(*key)
     memo.handled.forget(key)
     memo.retrier.succeeded(key)

@@ -22,6 +22,15 @@ VALUE_MATRIX: dict[str, Obj] = {
     "service-monitor": {
         "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}}
     },
+    "monitoring": {
+        "metrics": {"serviceMonitor": {"enabled": True}},
+        "operator": {"watchNamespaces": ["team-a"]},
+        "monitoring": {
+            "podMonitor": {"enabled": True, "labels": {"release": "prom"}},
+            "rules": {"enabled": True, "labels": {"release": "prom"}},
+            "dashboards": {"enabled": True, "annotations": {"grafana_folder": "modelplane"}},
+        },
+    },
     "pull-secrets-and-placement": {
         "imagePullSecrets": [{"name": "regcred"}],
         "operator": {

@@ -69,6 +69,31 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
         {"metrics": {"serviceMonitor": {"interval": "often"}}},
         "/metrics/serviceMonitor/interval",
     ),
+    "typo in monitoring": ({"monitoring": {"podMonitors": {}}}, "/monitoring"),
+    "pod monitor interval": (
+        {"monitoring": {"podMonitor": {"interval": "often"}}},
+        "/monitoring/podMonitor/interval",
+    ),
+    "error ratio over one": (
+        {"monitoring": {"rules": {"errorRatio": 5}}},
+        "/monitoring/rules/errorRatio",
+    ),
+    "latency target of zero": (
+        {"monitoring": {"rules": {"p99LatencySeconds": 0}}},
+        "/monitoring/rules/p99LatencySeconds",
+    ),
+    "latency target as a duration": (
+        {"monitoring": {"rules": {"p99LatencySeconds": "500ms"}}},
+        "/monitoring/rules/p99LatencySeconds",
+    ),
+    "alerts without the operator's metrics": (
+        {"metrics": {"enabled": False}, "monitoring": {"rules": {"enabled": True}}},
+        "/metrics/enabled",
+    ),
+    "dashboard namespace": (
+        {"monitoring": {"dashboards": {"namespace": "Grafana"}}},
+        "/monitoring/dashboards/namespace",
+    ),
 }
 
 
