@@ -15,6 +15,9 @@ from typing import Literal
 RUNTIME_COMMAND = ("python", "-m", "modelplane_runtime")  # the images' ENTRYPOINT
 RUNTIME_UID = 10001  # the images' user; the pods run as it
 HTTP_PORT = 8080
+# The Open Inference Protocol over gRPC (inference.GRPCInferenceService), beside REST in
+# the same process; 8081, as KServe's model servers use it.
+GRPC_PORT = 8081
 LIVE_PATH = "/v2/health/live"
 READY_PATH = "/v2/health/ready"
 METRICS_PATH = "/metrics"
@@ -35,6 +38,9 @@ SCRATCH_DIRS = (("tmp", "/tmp"), ("cache", "/home/modelplane/.cache"))  # noqa: 
 
 # The autoscaling signal: the runtime's gauge, the HPA's Pods metric.
 PENDING_REQUESTS_METRIC = "modelplane_pending_requests"
+# What canary analysis asks Prometheus about (exported names: counters end in _total).
+INFERENCE_REQUESTS_METRIC = "modelplane_inference_requests"
+REQUEST_SECONDS_METRIC = "modelplane_request_seconds"
 
 # --- the model ------------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ HANDOVER_FIELD_MANAGER = "modelplane-operator-handover"
 RUNTIME_CONTAINER = "runtime"
 FETCH_CONTAINER = "fetch-model"
 HTTP_PORT_NAME = "http"
+GRPC_PORT_NAME = "grpc"
 SERVICE_PORT = 80
 
 LABEL_NAME = "app.kubernetes.io/name"
@@ -37,8 +38,15 @@ MANAGED_BY = "modelplane-operator"
 PART_OF = "modelplane"
 
 # Every child is named after its ModelDeployment (kinds differ), so the longest child
-# name is the ModelDeployment's own: a DNS-1035 label, as a Service needs.
+# name is the ModelDeployment's own: a DNS-1035 label, as a Service needs. A canary's
+# Deployment and Service add CANARY_SUFFIX, so a model with a canary has a shorter name.
 MAX_NAME_LENGTH = 63
+CANARY_SUFFIX = "-canary"
+# On a Deployment (not its pod template, so adding it restarts nothing): a digest of the
+# model and runtime spec it runs, so that a promotion knows when the model runs the canary's.
+ANNOTATION_REVISION = f"{GROUP}/revision"
+# The KEDA HTTP add-on leaves the ScaledObject to the operator (one owner of the count).
+ANNOTATION_SKIP_SCALED_OBJECT = "httpscaledobject.keda.sh/skip-scaledobject-creation"
 
 
 def selector_labels(model_deployment_name: str) -> dict[str, str]:

@@ -32,7 +32,7 @@ from pydantic_core import CoreSchema, PydanticCustomError
 
 from modelplane_api import facts
 from modelplane_api.facts import GPU_PROVIDERS, SHA256_PATTERN, URI_SCHEMES, ExecutionProvider
-from modelplane_api.names import API_VERSION, KIND, MAX_NAME_LENGTH
+from modelplane_api.names import API_VERSION, CANARY_SUFFIX, KIND, MAX_NAME_LENGTH
 
 # Kubernetes resource.Quantity, without a sign: negative amounts make no sense here.
 QUANTITY_PATTERN = (
@@ -568,15 +568,31 @@ class Resources(SpecModel):
 # --- spec.autoscaling, scheduling, rollout ----------------------------------
 
 
-class Autoscaling(SpecModel):
-    """A HorizontalPodAutoscaler that owns the replica count."""
+AutoscalingEngine = Literal["hpa", "keda"]
 
-    min_replicas: int = Field(default=1, ge=1, le=1000, description="Fewest replicas.")
+
+class Autoscaling(SpecModel):
+    """Who owns the replica count: a HorizontalPodAutoscaler, or KEDA (which can scale to 0)."""
+
+    engine: AutoscalingEngine = Field(
+        default="hpa",
+        description="hpa: a HorizontalPodAutoscaler (pendingRequests needs a custom-metrics "
+        "adapter). keda: a KEDA ScaledObject reading the runtime's metrics from Prometheus; "
+        "with minReplicas 0 also a KEDA HTTP add-on HTTPScaledObject whose interceptor holds "
+        "requests while the first pod starts.",
+    )
+    min_replicas: int = Field(
+        default=1,
+        ge=0,
+        le=1000,
+        description="Fewest replicas; 0 (engine keda only) scales to zero when idle.",
+    )
     max_replicas: int = Field(ge=1, le=1000, description="Most replicas.")
-    metric: Literal["cpu", "memory", "pendingRequests"] = Field(
-        default="cpu",
+    metric: Literal["cpu", "memory", "pendingRequests"] | None = Field(
+        default=None,
         description="cpu/memory: average utilisation in percent of requests; "
-        "pendingRequests: average in-flight requests per pod (needs a custom-metrics adapter).",
+        "pendingRequests: average in-flight requests per pod. Default: cpu with hpa, "
+        "pendingRequests with keda.",
     )
     target: int = Field(
         default=70,
@@ -584,6 +600,20 @@ class Autoscaling(SpecModel):
         le=10000,
         description="The metric's target: percent of requests for cpu/memory, requests per "
         "pod for pendingRequests.",
+    )
+    idle_seconds: int = Field(
+        default=300,
+        ge=10,
+        le=86400,
+        description="engine keda with minReplicas 0: how long without requests before the "
+        "last replica goes.",
+    )
+    activation_timeout_seconds: int = Field(
+        default=120,
+        ge=5,
+        le=3600,
+        description="engine keda with minReplicas 0: how long the interceptor holds a request "
+        "while the first replica starts; past it the request is refused, not held forever.",
     )
 
     rules = (
@@ -593,7 +623,24 @@ class Autoscaling(SpecModel):
             check=lambda a: a.min_replicas <= a.max_replicas,
             field_path=".minReplicas",
         ),
+        CrossFieldRule(
+            cel="self.minReplicas >= 1 || (has(self.engine) && self.engine == 'keda')",
+            message="minReplicas 0 needs engine keda: a HorizontalPodAutoscaler cannot scale "
+            "to zero; set engine: keda (with the KEDA HTTP add-on installed) or minReplicas >= 1",
+            check=lambda a: a.min_replicas >= 1 or a.engine == "keda",
+            field_path=".minReplicas",
+        ),
     )
+
+    @property
+    def scales_to_zero(self) -> bool:
+        return self.min_replicas == 0
+
+    @property
+    def effective_metric(self) -> str:
+        if self.metric is not None:
+            return self.metric
+        return "pendingRequests" if self.engine == "keda" else "cpu"
 
 
 class Toleration(SpecModel):
@@ -718,6 +765,127 @@ class Access(SpecModel):
     )
 
 
+# --- spec.route and spec.canary --------------------------------------------
+
+HOSTNAME_PATTERN = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+_HOSTNAME = (HOSTNAME_PATTERN, "a DNS hostname, optionally starting with '*.'")
+Hostname = Annotated[str, _pattern_check(*_HOSTNAME), _pattern_rule(*_HOSTNAME)]
+
+
+class GatewayRef(SpecModel):
+    """A Gateway API Gateway (gateway.networking.k8s.io/v1) the model's HTTPRoute attaches to."""
+
+    name: DnsSubdomain = Field(min_length=1, max_length=253, description="The Gateway's name.")
+    namespace: DnsLabel | None = Field(
+        default=None,
+        max_length=63,
+        description="Its namespace; default: the ModelDeployment's. The Gateway's listener "
+        "must allow routes from this namespace.",
+    )
+    section_name: DnsLabel | None = Field(
+        default=None, max_length=253, description="One listener of the Gateway, by name."
+    )
+
+
+class Route(SpecModel):
+    """An HTTPRoute in front of the model's Service: the address a canary splits."""
+
+    gateway: GatewayRef = Field(description="The Gateway to attach to.")
+    hostnames: list[Hostname] = Field(
+        default_factory=list,
+        max_length=16,
+        json_schema_extra={"x-kubernetes-list-type": "atomic"},
+        description="Hostnames the route answers for; empty: the listener's.",
+    )
+
+
+class CanaryAnalysis(SpecModel):
+    """When the canary is rolled back: bounds on what Prometheus saw it answer."""
+
+    window_seconds: int = Field(
+        default=60,
+        ge=10,
+        le=3600,
+        description="The window the error ratio and p99 are computed over (PromQL range).",
+    )
+    interval_seconds: int = Field(
+        default=10, ge=5, le=600, description="How often the operator asks Prometheus."
+    )
+    max_error_ratio: float | None = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="Roll back when the share of the canary's answers that are 5xx "
+        "passes this (0.05 = 5%). Unset: not checked.",
+    )
+    max_p99_seconds: float | None = Field(
+        default=None,
+        ge=0.001,
+        le=3600,
+        description="Roll back when the canary's p99 request latency passes this. Unset: not "
+        "checked.",
+    )
+    min_requests: int = Field(
+        default=20,
+        ge=1,
+        le=1_000_000,
+        description="No verdict on fewer canary requests than this in the window.",
+    )
+
+    rules = (
+        CrossFieldRule(
+            cel="has(self.maxErrorRatio) || has(self.maxP99Seconds)",
+            message="analysis needs a bound: set maxErrorRatio, maxP99Seconds or both",
+            check=lambda a: a.max_error_ratio is not None or a.max_p99_seconds is not None,
+        ),
+        CrossFieldRule(
+            cel="!has(self.intervalSeconds) || !has(self.windowSeconds) "
+            "|| self.intervalSeconds <= self.windowSeconds",
+            message="intervalSeconds must not be longer than windowSeconds",
+            check=lambda a: a.interval_seconds <= a.window_seconds,
+            field_path=".intervalSeconds",
+        ),
+    )
+
+
+class Canary(SpecModel):
+    """A second version beside the model, taking ``weight`` percent of the route's traffic
+    once it is Ready."""
+
+    model: ModelSource | None = Field(
+        default=None, description="The canary's model; default: spec.model."
+    )
+    runtime: RuntimeSpec | None = Field(
+        default=None, description="The canary's runtime settings; default: spec.runtime."
+    )
+    weight: int = Field(
+        ge=0,
+        le=100,
+        description="Percent of the route's requests for the canary once it is Ready; 0 "
+        "aborts (all traffic to the model, the canary kept for inspection).",
+    )
+    replicas: int = Field(default=1, ge=1, le=100, description="Canary replicas.")
+    promote: bool = Field(
+        default=False,
+        description="true: the canary's spec becomes the model's. The model rolls to it while "
+        "the canary keeps its share; once the model is Ready on it, all traffic goes to the "
+        "model and the canary is removed.",
+    )
+    analysis: CanaryAnalysis | None = Field(
+        default=None,
+        description="Roll back (weight to 0, the reason in status.canary) when the canary's "
+        "error ratio or p99 passes a bound. Needs the operator's Prometheus address.",
+    )
+
+    rules = (
+        CrossFieldRule(
+            cel="has(self.model) || has(self.runtime)",
+            message="a canary changes something: set canary.model, canary.runtime or both",
+            check=lambda c: c.model is not None or c.runtime is not None,
+        ),
+    )
+
+
 # --- the whole spec ---------------------------------------------------------
 
 
@@ -771,6 +939,14 @@ class ModelDeploymentSpec(SpecModel):
         default=Access(),
         description="Who may call it: its consumers, or anyone.",
     )
+    route: Route | None = Field(
+        default=None,
+        description="Expose the model through a Gateway API Gateway (an HTTPRoute); needed "
+        "for a canary.",
+    )
+    canary: Canary | None = Field(
+        default=None, description="A second version taking a share of the route's traffic."
+    )
 
     rules = (
         CrossFieldRule(
@@ -782,6 +958,23 @@ class ModelDeploymentSpec(SpecModel):
             "resources.gpu.count > 0: request a GPU, or use CPUExecutionProvider only",
             check=_providers_match_gpu,
             field_path=".runtime.executionProviders",
+        ),
+        CrossFieldRule(
+            cel="!has(self.canary) || has(self.route)",
+            message="a canary needs spec.route: its share of traffic is split by the "
+            "HTTPRoute attached to spec.route.gateway",
+            check=lambda s: s.canary is None or s.route is not None,
+            field_path=".canary",
+        ),
+        CrossFieldRule(
+            cel="!has(self.canary) || !has(self.autoscaling) || !has(self.autoscaling.minReplicas) "
+            "|| self.autoscaling.minReplicas >= 1",
+            message="a canary needs the model to keep a replica: set autoscaling.minReplicas "
+            ">= 1 while spec.canary is set",
+            check=lambda s: (
+                s.canary is None or s.autoscaling is None or s.autoscaling.min_replicas >= 1
+            ),
+            field_path=".canary",
         ),
     )
 
@@ -845,6 +1038,25 @@ class ModelStatus(StatusModel):
     )
 
 
+class CanaryStatus(StatusModel):
+    """The canary as the operator sees it, and whether it was rolled back."""
+
+    revision: str = Field(description="Digest of the canary's model and runtime spec.")
+    ready_replicas: int = Field(default=0, description="Canary pods ready to serve.")
+    weight: int = Field(
+        default=0, description="Percent of the route's traffic the canary gets now."
+    )
+    rolled_back: bool = Field(
+        default=False,
+        description="True once the analysis rolled this revision back: it keeps weight 0 "
+        "until spec.canary.model or spec.canary.runtime changes.",
+    )
+    reason: str | None = Field(
+        default=None, description="Why the weight is what it is (e.g. ErrorRatio, NotReady)."
+    )
+    message: str | None = Field(default=None, description="Why, for a person.")
+
+
 class ModelDeploymentStatus(StatusModel):
     """What the operator observed; Ready is True only when every replica is available."""
 
@@ -852,12 +1064,18 @@ class ModelDeploymentStatus(StatusModel):
         default=None, description="The spec generation the operator last acted on."
     )
     url: str | None = Field(default=None, description="In-cluster base URL of the OIP API.")
+    host: str | None = Field(
+        default=None,
+        description="With autoscaling.minReplicas 0: the Host header to send to url (the KEDA "
+        "HTTP add-on's interceptor routes on it).",
+    )
     replicas: int | None = Field(default=None, description="Pods of the Deployment.")
     ready_replicas: int | None = Field(default=None, description="Pods ready to serve.")
     selector: str | None = Field(
         default=None, description="The pods' label selector (for the scale subresource)."
     )
     model: ModelStatus | None = Field(default=None, description="The model being served.")
+    canary: CanaryStatus | None = Field(default=None, description="The canary, when set.")
     conditions: list[Condition] = Field(
         default_factory=list,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
@@ -901,6 +1119,18 @@ class ModelDeployment(NamedResource):
     spec: ModelDeploymentSpec
     status: dict[str, Any] | None = None
 
+    @model_validator(mode="after")
+    def _canary_name_fits(self) -> ModelDeployment:
+        longest = MAX_NAME_LENGTH - len(CANARY_SUFFIX)
+        if self.spec.canary is not None and len(self.metadata.name) > longest:
+            raise PydanticCustomError(
+                "cross_field",
+                f"a model with a canary has a name of at most {longest} characters (its "
+                f"canary's Deployment and Service add '{CANARY_SUFFIX}'): shorten the name",
+                {"field_path": "metadata.name"},
+            )
+        return self
+
 
 class InvalidSpecError(ValueError):
     """A ModelDeployment that cannot be served, with one line per problem."""
@@ -926,7 +1156,8 @@ def _problem(error: Any, kind_name: str) -> str:
     path = _field_path(tuple(error["loc"]))
     kind = error["type"]
     if kind == "cross_field":
-        path += error["ctx"]["field_path"]
+        extra = error["ctx"]["field_path"]
+        path = extra.lstrip(".") if path == "(root)" and extra else path + extra
     if kind == "missing":
         return f"{path}: required field is missing"
     if kind == "extra_forbidden":

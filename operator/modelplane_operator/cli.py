@@ -11,7 +11,7 @@ from modelplane_api.cli import HELP_FORMAT, CommandFailed, Parser
 from modelplane_api.loader import load_model_deployments
 from modelplane_api.spec import InvalidSpecError
 from modelplane_operator.config import OperatorConfig
-from modelplane_operator.render import render_children
+from modelplane_operator.render import Unrenderable, render_children
 from modelplane_operator.yaml_text import dump_all
 
 
@@ -21,7 +21,12 @@ def _render(args: argparse.Namespace) -> int:
         deployments = load_model_deployments(Path(args.file))
     except InvalidSpecError as exc:
         raise CommandFailed(*exc.problems) from None
-    objects = [obj for md in deployments for obj in render_children(md, config)]
+    objects = []
+    for md in deployments:
+        try:
+            objects += render_children(md, config)
+        except Unrenderable as exc:
+            raise CommandFailed(f"{md.namespace}/{md.name}: {exc}") from None
     sys.stdout.write(dump_all(objects))
     return 0
 

@@ -44,6 +44,23 @@ class OperatorConfig(BaseSettings):
         description="How often every ModelConsumer's key Secret is read again (Secrets are "
         "not watched): the bound on noticing one deleted or edited by hand.",
     )
+    prometheus_url: str | None = Field(
+        default=None,
+        description="Prometheus's HTTP API (e.g. http://prometheus-operated.monitoring:9090): "
+        "KEDA's Prometheus trigger and canary analysis read the runtime's metrics there.",
+    )
+    keda_http_interceptor: str = Field(
+        default="keda-add-on-http-interceptor-proxy.keda:8080",
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?\.[a-z0-9]([-a-z0-9]*[a-z0-9])?:[0-9]{1,5}$",
+        description="The KEDA HTTP add-on's interceptor proxy, as SERVICE.NAMESPACE:PORT: a "
+        "model that scales to zero is called through it.",
+    )
+    keda_http_scaler: str = Field(
+        default="keda-add-on-http-external-scaler.keda:9090",
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?\.[a-z0-9]([-a-z0-9]*[a-z0-9])?:[0-9]{1,5}$",
+        description="The add-on's external scaler, as SERVICE.NAMESPACE:PORT: KEDA asks it how "
+        "many requests the interceptor holds.",
+    )
     metrics_port: int = Field(default=9090, ge=0, le=65535, description="0 turns it off.")
     metrics_address: str = "0.0.0.0"  # noqa: S104 - the pod's network namespace
 

@@ -18,7 +18,7 @@ import kopf
 
 from modelplane_api import names
 from modelplane_operator import kopf_setup, triggers
-from modelplane_operator.kinds import CHILDREN, MODEL_CONSUMER, MODEL_DEPLOYMENT, PODS, Kind
+from modelplane_operator.kinds import MODEL_CONSUMER, MODEL_DEPLOYMENT, PODS, WATCHED_CHILDREN, Kind
 from modelplane_operator.reconcile import SpecRejected
 from modelplane_operator.watch_cache import snapshot
 
@@ -58,7 +58,7 @@ def by_owner(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: A
 
 
 kopf.index(*_resource(MODEL_DEPLOYMENT), id=MODEL_DEPLOYMENT.index)(by_name)
-for _child in CHILDREN:
+for _child in WATCHED_CHILDREN:
     kopf.index(*_resource(_child), id=_child.index, labels=OURS)(by_name)
 kopf.index(*_resource(PODS), id=PODS.index, labels=RUNTIME_PODS)(by_owner)
 
@@ -121,6 +121,6 @@ def child_changed(event: kopf.RawEvent, memo: kopf.Memo, **indexes: Any) -> None
     triggers.on_child_event(event, memo, indexes)
 
 
-for _child in CHILDREN:
+for _child in WATCHED_CHILDREN:
     kopf.on.event(*_resource(_child), id=f"{_child.index}-changed", labels=OURS)(child_changed)
 kopf.on.event(*_resource(PODS), id="pods-changed", labels=RUNTIME_PODS)(child_changed)

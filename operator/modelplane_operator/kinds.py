@@ -32,6 +32,13 @@ class Kind:
     read_only: bool = False  # watched for status, never written
     # Never listed or watched: the operator reads only the objects it names (Secrets).
     unwatched: bool = False
+    # A second object of a kind, for a ModelDeployment's canary: named <name><suffix>.
+    name_suffix: str = ""
+    # What installs the kind's CRD, for a kind Kubernetes does not serve by itself.
+    provider: str | None = None
+
+    def child_name(self, model_deployment_name: str) -> str:
+        return model_deployment_name + self.name_suffix
 
     @property
     def verbs(self) -> tuple[str, ...]:
@@ -77,11 +84,57 @@ PDB = Kind(
     "pdbs",
     optional=True,
 )
+SCALED_OBJECT = Kind(
+    "keda.sh",
+    "v1alpha1",
+    "ScaledObject",
+    "scaledobjects",
+    "scaledobjects",
+    optional=True,
+    provider="KEDA (https://keda.sh)",
+)
+HTTP_SCALED_OBJECT = Kind(
+    "http.keda.sh",
+    "v1alpha1",
+    "HTTPScaledObject",
+    "httpscaledobjects",
+    "httpscaledobjects",
+    optional=True,
+    provider="the KEDA HTTP add-on (https://github.com/kedacore/http-add-on)",
+)
+HTTP_ROUTE = Kind(
+    "gateway.networking.k8s.io",
+    "v1",
+    "HTTPRoute",
+    "httproutes",
+    "httproutes",
+    optional=True,
+    provider="a Gateway API implementation (https://gateway-api.sigs.k8s.io)",
+)
+# The canary: a second Deployment and Service, watched through the same indexes.
+CANARY_DEPLOYMENT = Kind(
+    "apps", "v1", "Deployment", "deployments", "deployments", optional=True,
+    name_suffix=names.CANARY_SUFFIX,
+)  # fmt: skip
+CANARY_SERVICE = Kind(
+    "", "v1", "Service", "services", "services", optional=True, name_suffix=names.CANARY_SUFFIX
+)
 # A restricted model's access description (key digests, grants, limits), which its pods
 # mount: no key is in it, so it is a ConfigMap the operator may watch.
 ACCESS_CONFIG_MAP = Kind("", "v1", "ConfigMap", "configmaps", "configmaps", optional=True)
 # In apply order: the Deployment first, so a refused pod template creates nothing else.
-CHILDREN: tuple[Kind, ...] = (DEPLOYMENT, SERVICE, HPA, PDB, ACCESS_CONFIG_MAP)
+CHILDREN: tuple[Kind, ...] = (
+    DEPLOYMENT,
+    CANARY_DEPLOYMENT,
+    SERVICE,
+    CANARY_SERVICE,
+    HPA,
+    SCALED_OBJECT,
+    HTTP_SCALED_OBJECT,
+    PDB,
+    ACCESS_CONFIG_MAP,
+    HTTP_ROUTE,
+)
 
 MODEL_DEPLOYMENT = Kind(
     names.GROUP,
@@ -105,6 +158,17 @@ KEY_SECRET = Kind("", "v1", "Secret", "secrets", "secrets", unwatched=True)
 # Read only, for status (unschedulable, failing fetch); indexed by owner name, not object name.
 PODS = Kind("", "v1", "Pod", "pods", "pods", read_only=True)
 
-BY_KIND: dict[str, Kind] = {
-    k.kind: k for k in (*CHILDREN, MODEL_DEPLOYMENT, MODEL_CONSUMER, KEY_SECRET, PODS)
-}
+# By kind name: the first entry of a kind (a canary's shares its resource, not its rules).
+BY_KIND: dict[str, Kind] = {}
+for _kind in (*CHILDREN, MODEL_DEPLOYMENT, MODEL_CONSUMER, KEY_SECRET, PODS):
+    BY_KIND.setdefault(_kind.kind, _kind)
+# One watch per resource: the canary's kinds use the model's indexes.
+WATCHED_CHILDREN: tuple[Kind, ...] = tuple(k for k in CHILDREN if not k.name_suffix)
+
+
+def verbs_by_resource() -> dict[tuple[str, str], set[str]]:
+    """The RBAC verbs per (group, resource): every kind's, a canary's included."""
+    verbs: dict[tuple[str, str], set[str]] = {}
+    for kind in (*CHILDREN, MODEL_DEPLOYMENT, MODEL_CONSUMER, KEY_SECRET, PODS):
+        verbs.setdefault((kind.group, kind.plural), set()).update(kind.verbs)
+    return verbs

@@ -15,7 +15,7 @@ import datetime
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from modelplane_api import names
@@ -29,6 +29,7 @@ from modelplane_api.spec import (
 )
 from modelplane_operator import kinds
 from modelplane_operator.applier import ChildResult, LiveLookup, Outcome, apply_children
+from modelplane_operator.canary import CanaryState, observe_canary
 from modelplane_operator.config import OperatorConfig
 from modelplane_operator.kube import ApiError, KubeApi
 from modelplane_operator.metrics import (
@@ -38,7 +39,16 @@ from modelplane_operator.metrics import (
     forget_model_deployment,
     observe_status,
 )
-from modelplane_operator.render import guaranteed_replicas, render_children, service_url
+from modelplane_operator.render import (
+    Observed,
+    Unrenderable,
+    canary_weight,
+    guaranteed_replicas,
+    render_children,
+    served_spec,
+    service_host,
+    service_url,
+)
 from modelplane_operator.status import Problem, compute_status, status_patch
 
 Obj = dict[str, Any]
@@ -82,6 +92,7 @@ class ClusterView:
 class ReconcileResult:
     children: list[ChildResult]
     status_written: bool
+    recheck_after: float | None = None  # a canary under analysis: reconcile again then
 
     @property
     def writes(self) -> int:
@@ -144,78 +155,47 @@ def _reconcile(
     namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation", 1)
     previous: Mapping[str, Any] = body.get("status") or {}
 
-    def write_status(
-        problem: Problem | None = None,
-        url: str | None = None,
-        model: ModelStatus | None = None,
-        deployment: Obj | None = None,
-    ) -> bool:
-        status = compute_status(
-            name=name,
-            generation=generation,
-            previous=previous,
-            url=url,
-            model=model,
-            # Just applied, the Deployment may not have reached the watch cache yet.
-            deployment=deployment or cluster.cached("Deployment", namespace, name),
-            pods=cluster.pods(namespace, name),
-            problem=problem,
-            now=now(),
-        )
-        observe_status(namespace, name, status)
-        if status == previous:
-            return False
-        try:
-            api.patch_status(namespace, name, status_patch(previous, status))
-        except ApiError as exc:
-            if exc.status == 404:  # deleted meanwhile: nothing to report on
-                forget_model_deployment(namespace, name)
-                return False
-            raise RetryLater(f"status write failed: {exc}", delay=_delay(exc)) from None
-        on_status_written(status)
-        return True
-
+    writer = StatusWriter(api, cluster, namespace, name, generation, previous, now)
+    writer.on_written = on_status_written
+    write_status = writer.write
     try:
         md = parse_model_deployment(resource_fields(body))
     except InvalidSpecError as exc:
         message = "; ".join(exc.problems)
         newly = write_status(Problem("InvalidSpec", message))
         raise SpecRejected("InvalidSpec", message, newly=newly) from None
-
+    scaling = md.spec.autoscaling
+    writer.scales_from_zero = scaling is not None and scaling.scales_to_zero
     table = _access(md, cluster, now()) if md.spec.restricted else None
-    desired = [copy.deepcopy(child) for child in render_children(md, config, table)]
+    canary = observe_canary(
+        md, api=api, body=body, config=config, cluster=cluster, previous=previous
+    )
+    observed = Observed(
+        access=table,
+        canary_ready=canary.ready,
+        canary_rolled_back=canary.rolled_back,
+        model_on_canary=canary.model_on_it,
+    )
+    writer.extra = _status_extras(md, config, canary, observed)
+    url = service_url(md, config)
+    served = served_spec(md).spec.model
+    model = ModelStatus(uri=served.uri, sha256=served.sha256)
+    try:
+        rendered = render_children(md, config, observed)
+    except Unrenderable as exc:
+        newly = write_status(Problem(exc.reason, str(exc)), url, model)
+        raise SpecRejected(exc.reason, str(exc), newly=newly) from None
+    desired = [copy.deepcopy(child) for child in rendered]
     for child in desired:
         child["metadata"]["ownerReferences"] = [owner_reference(body)]
-    present = {obj["kind"] for obj in desired}
-    unwanted = [
-        (kind.kind, namespace, name)
-        for kind in kinds.CHILDREN
-        if kind.optional and kind.kind not in present
-    ]
-    url = service_url(md, config)
-    model = ModelStatus(uri=md.spec.model.uri, sha256=md.spec.model.sha256)
+    unwanted = _unwanted(desired, namespace, name)
     try:
         children = apply_children(
             api, meta["uid"], desired, unwanted, live=cluster.child, cached=cluster.cached
         )
     except ApiError as exc:
-        if exc.status in {401, 403}:
-            # The operator's own rights (RBAC, admission): fixed without a spec change, so
-            # keep trying; the status says what was refused meanwhile.
-            message = f"the API server refused the operator: {exc.message}"
-            write_status(Problem("Forbidden", message), url, model)
-            raise RetryLater(message, delay=FORBIDDEN_RETRY_SECONDS) from None
-        if exc.retryable:
-            if exc.status >= 500:
-                # Retried, but it may persist (say "failed to allocate a serviceIP: range
-                # is full"): the status says so meanwhile. Conflicts and 429 pass quietly.
-                message = f"the API server failed to apply a child (retrying): {exc.message}"
-                write_status(Problem("ApplyFailed", message, stalled=False), url, model)
-            raise RetryLater(f"applying children failed: {exc}", delay=_delay(exc)) from None
-        # The API server refused what we rendered (e.g. affinity contents): the spec must change.
-        message = f"the API server rejected a child: {exc.message}"
-        newly = write_status(Problem("ChildRejected", message), url, model)
-        raise SpecRejected("ChildRejected", message, newly=newly) from None
+        failure = _apply_failed(exc, api, config, desired, lambda p: write_status(p, url, model))
+        raise failure from None
 
     foreign = [r for r in children if r.outcome is Outcome.NOT_OWNED]
     if foreign:
@@ -226,9 +206,129 @@ def _reconcile(
         )
         write_status(Problem("ChildNotOwned", message), url, model)
         raise RetryLater(message, delay=config.conflict_retry_seconds)
-    applied = next((r.live for r in children if r.kind == "Deployment" and r.live), None)
+    applied = next(
+        (r.live for r in children if r.kind == "Deployment" and r.name == name and r.live), None
+    )
     written = write_status(None, url, model, applied)
-    return ReconcileResult(children, written)
+    return ReconcileResult(children, written, canary.recheck_after)
+
+
+@dataclass
+class StatusWriter:
+    """Writes a ModelDeployment's status when it changed: what the Deployment and pods say,
+    or the problem found, plus the parts only reconcile knows (``extra``)."""
+
+    api: KubeApi
+    cluster: ClusterView
+    namespace: str
+    name: str
+    generation: int
+    previous: Mapping[str, Any]
+    now: Callable[[], str]
+    on_written: Callable[[Obj], None] = lambda status: None
+    scales_from_zero: bool = False
+    extra: Obj = field(default_factory=dict)  # status.host, status.canary
+
+    def write(
+        self,
+        problem: Problem | None = None,
+        url: str | None = None,
+        model: ModelStatus | None = None,
+        deployment: Obj | None = None,
+    ) -> bool:
+        namespace, name, previous = self.namespace, self.name, self.previous
+        status = compute_status(
+            name=name,
+            generation=self.generation,
+            previous=previous,
+            url=url,
+            model=model,
+            # Just applied, the Deployment may not have reached the watch cache yet.
+            deployment=deployment or self.cluster.cached("Deployment", namespace, name),
+            pods=self.cluster.pods(namespace, name),
+            problem=problem,
+            now=self.now(),
+            scales_from_zero=self.scales_from_zero,
+        )
+        status.update(self.extra)
+        observe_status(namespace, name, status)
+        if status == previous:
+            return False
+        try:
+            self.api.patch_status(namespace, name, status_patch(previous, status))
+        except ApiError as exc:
+            if exc.status == 404:  # deleted meanwhile: nothing to report on
+                forget_model_deployment(namespace, name)
+                return False
+            raise RetryLater(f"status write failed: {exc}", delay=_delay(exc)) from None
+        self.on_written(status)
+        return True
+
+
+def _apply_failed(
+    exc: ApiError,
+    api: KubeApi,
+    config: OperatorConfig,
+    desired: Sequence[Obj],
+    write_status: Callable[[Problem], bool],
+) -> Exception:
+    """An apply the API server refused, as the exception reconcile raises (status written)."""
+    if exc.status in {401, 403}:
+        # The operator's own rights (RBAC, admission): fixed without a spec change, so
+        # keep trying; the status says what was refused meanwhile.
+        message = f"the API server refused the operator: {exc.message}"
+        write_status(Problem("Forbidden", message))
+        return RetryLater(message, delay=FORBIDDEN_RETRY_SECONDS)
+    if exc.status == 404 and (missing := _unserved(api, desired)) is not None:
+        # A CRD not installed (KEDA, the HTTP add-on, Gateway API): it may come later.
+        write_status(Problem("DependencyMissing", missing))
+        return RetryLater(missing, delay=config.conflict_retry_seconds)
+    if exc.retryable:
+        if exc.status >= 500:
+            # Retried, but it may persist (say "failed to allocate a serviceIP: range
+            # is full"): the status says so meanwhile. Conflicts and 429 pass quietly.
+            message = f"the API server failed to apply a child (retrying): {exc.message}"
+            write_status(Problem("ApplyFailed", message, stalled=False))
+        return RetryLater(f"applying children failed: {exc}", delay=_delay(exc))
+    # The API server refused what we rendered (e.g. affinity contents): the spec must change.
+    message = f"the API server rejected a child: {exc.message}"
+    newly = write_status(Problem("ChildRejected", message))
+    return SpecRejected("ChildRejected", message, newly=newly)
+
+
+def _status_extras(
+    md: ModelDeployment, config: OperatorConfig, canary: CanaryState, observed: Observed
+) -> Obj:
+    """status.host (scale to zero) and status.canary, beside what the Deployment tells."""
+    extra: Obj = {}
+    if host := service_host(md, config):
+        extra["host"] = host
+    if canary.status is not None:
+        extra["canary"] = canary.with_weight(canary_weight(md, observed))
+    return extra
+
+
+def _unwanted(desired: Sequence[Obj], namespace: str, name: str) -> list[tuple[str, str, str]]:
+    """The optional children not rendered this time: deleted if the operator made them."""
+    present = {(obj["kind"], obj["metadata"]["name"]) for obj in desired}
+    return [
+        (kind.kind, namespace, kind.child_name(name))
+        for kind in kinds.CHILDREN
+        if kind.optional and (kind.kind, kind.child_name(name)) not in present
+    ]
+
+
+def _unserved(api: KubeApi, desired: Sequence[Obj]) -> str | None:
+    """After a 404 from an apply: a kind Kubernetes does not serve by itself, not installed
+    (asked of discovery only now, on the error path), and what to install."""
+    for obj in desired:
+        kind = kinds.BY_KIND.get(obj["kind"])
+        if kind is not None and kind.provider and not api.serves(kind.kind):
+            return (
+                f"the API server does not serve {kind.kind} ({kind.api_version}): install "
+                f"{kind.provider}, or change the spec that needs it (retrying)"
+            )
+    return None
 
 
 def _access(md: ModelDeployment, cluster: ClusterView, now: str) -> AccessTable:

@@ -7,7 +7,10 @@ operator at apply time (they need the live object's uid).
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -16,7 +19,7 @@ from modelplane_api.access import AccessTable, render_access_table
 from modelplane_api.facts import LIVE_PATH, MODEL_DIR, READY_PATH, RUNTIME_UID
 from modelplane_api.quantities import parse_quantity
 from modelplane_api.settings import fetch_uri, model_location, runtime_settings
-from modelplane_api.spec import ModelDeployment
+from modelplane_api.spec import ModelDeployment, ModelSource, RuntimeSpec
 from modelplane_operator import kinds
 from modelplane_operator.config import OperatorConfig
 from modelplane_operator.kinds import Kind
@@ -25,16 +28,70 @@ Obj = dict[str, Any]
 
 
 def _header(md: ModelDeployment, kind: Kind) -> Obj:
-    """apiVersion, kind and metadata: every child is named after its ModelDeployment."""
+    """apiVersion, kind and metadata: every child is named after its ModelDeployment (a
+    canary's with a suffix), and labelled as what it belongs to."""
+    name = kind.child_name(md.name)
     return {
         "apiVersion": kind.api_version,
         "kind": kind.kind,
         "metadata": {
-            "name": md.name,
+            "name": name,
             "namespace": md.namespace,
-            "labels": names.common_labels(md.name),
+            "labels": names.common_labels(name),
         },
     }
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What rendering needs from the cluster besides the spec, read by reconcile: the
+    namespace's consumers, and how far a canary and a promotion have got."""
+
+    access: AccessTable | None = None
+    canary_ready: bool = False  # the canary Deployment is available on its current spec
+    canary_rolled_back: bool = False  # analysis rolled this canary revision back
+    model_on_canary: bool = False  # promoting: the model is Ready on the canary's spec
+
+
+class Unrenderable(Exception):
+    """The spec asks for something the operator's configuration cannot give."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def served_spec(md: ModelDeployment) -> ModelDeployment:
+    """The ModelDeployment the model's own Deployment serves: a promoted canary's model and
+    runtime replace the model's."""
+    canary = md.spec.canary
+    if canary is None or not canary.promote:
+        return md
+    return _with(md, canary.model or md.spec.model, canary.runtime or md.spec.runtime)
+
+
+def canary_spec(md: ModelDeployment) -> ModelDeployment | None:
+    """The ModelDeployment the canary's Deployment serves (same name: it serves the same
+    model name, so a request is answered alike by either), or None without a canary."""
+    canary = md.spec.canary
+    if canary is None:
+        return None
+    return _with(md, canary.model or md.spec.model, canary.runtime or md.spec.runtime)
+
+
+def _with(md: ModelDeployment, model: ModelSource, runtime: RuntimeSpec) -> ModelDeployment:
+    spec = md.spec.model_copy(update={"model": model, "runtime": runtime})
+    return md.model_copy(update={"spec": spec})
+
+
+def revision(md: ModelDeployment) -> str:
+    """A digest of what a Deployment serves (model and runtime), to tell versions apart."""
+    served = {
+        "model": md.spec.model.model_dump(mode="json"),
+        "runtime": md.spec.runtime.model_dump(mode="json"),
+    }
+    text = json.dumps(served, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _resources(md: ModelDeployment, config: OperatorConfig, *, with_gpu: bool) -> Obj:
@@ -231,16 +288,16 @@ def _pod_spec(md: ModelDeployment, config: OperatorConfig) -> Obj:
     return pod
 
 
-def render_deployment(
-    md: ModelDeployment, config: OperatorConfig, access: AccessTable | None = None
+def _deployment(
+    md: ModelDeployment, config: OperatorConfig, kind: Kind, replicas: int | None
 ) -> Obj:
+    """A Deployment serving ``md``'s model and runtime; ``replicas`` None leaves the count
+    to an autoscaler."""
     spec = md.spec
-    deployment_spec: Obj = {}
-    if spec.autoscaling is None:
-        # With an HPA the field is left out entirely, so the operator never fights it.
-        deployment_spec["replicas"] = spec.replicas
+    name = kind.child_name(md.name)
+    deployment_spec: Obj = {} if replicas is None else {"replicas": replicas}
     deployment_spec |= {
-        "selector": {"matchLabels": names.selector_labels(md.name)},
+        "selector": {"matchLabels": names.selector_labels(name)},
         "strategy": {
             "type": "RollingUpdate",
             "rollingUpdate": {
@@ -252,7 +309,7 @@ def render_deployment(
         "revisionHistoryLimit": 5,
         "template": {
             "metadata": {
-                "labels": names.common_labels(md.name),
+                "labels": names.common_labels(name),
                 "annotations": {
                     "prometheus.io/scrape": "true",
                     "prometheus.io/port": str(facts.HTTP_PORT),
@@ -262,17 +319,38 @@ def render_deployment(
             "spec": _pod_spec(md, config),
         },
     }
-    return {**_header(md, kinds.DEPLOYMENT), "spec": deployment_spec}
+    header = _header(md, kind)
+    header["metadata"]["annotations"] = {names.ANNOTATION_REVISION: revision(md)}
+    return {**header, "spec": deployment_spec}
 
 
-def render_service(
-    md: ModelDeployment, config: OperatorConfig, access: AccessTable | None = None
-) -> Obj:
+def render_deployment(md: ModelDeployment, config: OperatorConfig, observed: Observed) -> Obj:
+    # With an autoscaler the count is left out entirely, so the operator never fights it.
+    replicas = None if md.spec.autoscaling else md.spec.replicas
+    return _deployment(served_spec(md), config, kinds.DEPLOYMENT, replicas)
+
+
+def _canary_kept(md: ModelDeployment, observed: Observed) -> bool:
+    """A canary runs until a promotion has moved the model onto its spec."""
+    canary = md.spec.canary
+    return canary is not None and not (canary.promote and observed.model_on_canary)
+
+
+def render_canary_deployment(
+    md: ModelDeployment, config: OperatorConfig, observed: Observed
+) -> Obj | None:
+    view = canary_spec(md)
+    if view is None or md.spec.canary is None or not _canary_kept(md, observed):
+        return None
+    return _deployment(view, config, kinds.CANARY_DEPLOYMENT, md.spec.canary.replicas)
+
+
+def _service(md: ModelDeployment, kind: Kind) -> Obj:
     return {
-        **_header(md, kinds.SERVICE),
+        **_header(md, kind),
         "spec": {
             "type": "ClusterIP",
-            "selector": names.selector_labels(md.name),
+            "selector": names.selector_labels(kind.child_name(md.name)),
             "ports": [
                 {
                     "name": names.HTTP_PORT_NAME,
@@ -284,6 +362,16 @@ def render_service(
             ],
         },
     }
+
+
+def render_service(md: ModelDeployment, config: OperatorConfig, observed: Observed) -> Obj:
+    return _service(md, kinds.SERVICE)
+
+
+def render_canary_service(
+    md: ModelDeployment, config: OperatorConfig, observed: Observed
+) -> Obj | None:
+    return _service(md, kinds.CANARY_SERVICE) if _canary_kept(md, observed) else None
 
 
 def _hpa_metric(metric: str, target: int) -> Obj:
@@ -304,23 +392,118 @@ def _hpa_metric(metric: str, target: int) -> Obj:
     }
 
 
-def render_hpa(
-    md: ModelDeployment, config: OperatorConfig, access: AccessTable | None = None
-) -> Obj | None:
+def render_hpa(md: ModelDeployment, config: OperatorConfig, observed: Observed) -> Obj | None:
     scaling = md.spec.autoscaling
-    if scaling is None:
+    if scaling is None or scaling.engine != "hpa":
         return None
     return {
         **_header(md, kinds.HPA),
         "spec": {
-            "scaleTargetRef": {
-                "apiVersion": kinds.DEPLOYMENT.api_version,
-                "kind": kinds.DEPLOYMENT.kind,
-                "name": md.name,
-            },
+            "scaleTargetRef": _scale_target(md),
             "minReplicas": scaling.min_replicas,
             "maxReplicas": scaling.max_replicas,
-            "metrics": [_hpa_metric(scaling.metric, scaling.target)],
+            "metrics": [_hpa_metric(scaling.effective_metric, scaling.target)],
+        },
+    }
+
+
+def _scale_target(md: ModelDeployment) -> Obj:
+    return {
+        "apiVersion": kinds.DEPLOYMENT.api_version,
+        "kind": kinds.DEPLOYMENT.kind,
+        "name": md.name,
+    }
+
+
+def pods_of(md: ModelDeployment, kind: Kind = kinds.DEPLOYMENT) -> str:
+    """PromQL matchers for the pods of one of ``md``'s Deployments, by the labels every
+    Prometheus pod target carries (a Deployment's pods are <name>-<template hash>-<id>)."""
+    name = kind.child_name(md.name)
+    return f'namespace="{md.namespace}",pod=~"{name}-[a-z0-9]+-[a-z0-9]+"'
+
+
+def _keda_trigger(md: ModelDeployment, config: OperatorConfig, metric: str, target: int) -> Obj:
+    if metric in {"cpu", "memory"}:
+        return {"type": metric, "metricType": "Utilization", "metadata": {"value": str(target)}}
+    if not config.prometheus_url:
+        raise Unrenderable(
+            "PrometheusNotConfigured",
+            "autoscaling.engine keda scales on pendingRequests read from Prometheus, and the "
+            "operator has no Prometheus address: set the chart's prometheus.url "
+            "(MODELPLANE_OPERATOR_PROMETHEUS_URL), or use metric cpu",
+        )
+    return {
+        "type": "prometheus",
+        # AverageValue: KEDA divides the sum by the replicas, as the HPA's Pods metric does.
+        "metricType": "AverageValue",
+        "metadata": {
+            "serverAddress": config.prometheus_url,
+            "query": f"sum({facts.PENDING_REQUESTS_METRIC}{{{pods_of(md)}}}) or vector(0)",
+            "threshold": str(target),
+        },
+    }
+
+
+def render_scaled_object(
+    md: ModelDeployment, config: OperatorConfig, observed: Observed
+) -> Obj | None:
+    scaling = md.spec.autoscaling
+    if scaling is None or scaling.engine != "keda":
+        return None
+    triggers = [_keda_trigger(md, config, scaling.effective_metric, scaling.target)]
+    if scaling.scales_to_zero:
+        # The interceptor's count of held and in-flight requests: what wakes a model at 0.
+        triggers.append(
+            {
+                "type": "external-push",
+                "metadata": {
+                    "scalerAddress": config.keda_http_scaler,
+                    "httpScaledObject": md.name,
+                },
+            }
+        )
+    return {
+        **_header(md, kinds.SCALED_OBJECT),
+        "spec": {
+            "scaleTargetRef": _scale_target(md),
+            "minReplicaCount": scaling.min_replicas,
+            "maxReplicaCount": scaling.max_replicas,
+            "pollingInterval": 5,
+            # KEDA's cooldown applies to the last replica only (to and from zero).
+            "cooldownPeriod": scaling.idle_seconds,
+            "triggers": triggers,
+        },
+    }
+
+
+def interceptor_hosts(md: ModelDeployment, config: OperatorConfig) -> list[str]:
+    """The Host headers the interceptor routes to this model: its Service's names."""
+    service = f"{md.name}.{md.namespace}"
+    return [f"{service}.svc.{config.cluster_domain}", f"{service}.svc", service]
+
+
+def render_http_scaled_object(
+    md: ModelDeployment, config: OperatorConfig, observed: Observed
+) -> Obj | None:
+    scaling = md.spec.autoscaling
+    if scaling is None or scaling.engine != "keda" or not scaling.scales_to_zero:
+        return None
+    header = _header(md, kinds.HTTP_SCALED_OBJECT)
+    # Routing and the held-request count only: the ScaledObject above is the one owner.
+    header["metadata"]["annotations"] = {names.ANNOTATION_SKIP_SCALED_OBJECT: "true"}
+    return {
+        **header,
+        "spec": {
+            "hosts": interceptor_hosts(md, config),
+            "scaleTargetRef": {
+                **_scale_target(md),
+                "service": md.name,
+                "port": names.SERVICE_PORT,
+            },
+            "replicas": {"min": 0, "max": scaling.max_replicas},
+            "scaledownPeriod": scaling.idle_seconds,
+            "scalingMetric": {"concurrency": {"targetValue": scaling.target}},
+            "timeouts": {"conditionWait": f"{scaling.activation_timeout_seconds}s"},
         },
     }
 
@@ -330,9 +513,7 @@ def guaranteed_replicas(md: ModelDeployment) -> int:
     return scaling.min_replicas if scaling else md.spec.replicas
 
 
-def render_pdb(
-    md: ModelDeployment, config: OperatorConfig, access: AccessTable | None = None
-) -> Obj | None:
+def render_pdb(md: ModelDeployment, config: OperatorConfig, observed: Observed) -> Obj | None:
     """Only with at least 2 replicas guaranteed: a PDB on 1 replica blocks node drains."""
     if guaranteed_replicas(md) < 2:
         return None
@@ -346,43 +527,117 @@ def render_pdb(
 
 
 def render_access_config_map(
-    md: ModelDeployment, config: OperatorConfig, access: AccessTable | None = None
+    md: ModelDeployment, config: OperatorConfig, observed: Observed
 ) -> Obj | None:
     """A restricted model's access description: its consumers' key digests (never a key),
     grants and limits, and how many replicas share each limit."""
     if not md.spec.restricted:
         return None
-    table = access or AccessTable(replicas=guaranteed_replicas(md) or 1)
+    table = observed.access or AccessTable(replicas=guaranteed_replicas(md) or 1)
     return {
         **_header(md, kinds.ACCESS_CONFIG_MAP),
         "data": {facts.ACCESS_FILE: render_access_table(table)},
     }
 
 
-Renderer = Callable[[ModelDeployment, OperatorConfig, "AccessTable | None"], "Obj | None"]
+def canary_weight(md: ModelDeployment, observed: Observed) -> int:
+    """The canary's share of the route now: its weight only while it is Ready, not rolled
+    back and not yet replaced by a promotion."""
+    canary = md.spec.canary
+    if canary is None or not _canary_kept(md, observed):
+        return 0
+    if not observed.canary_ready or observed.canary_rolled_back:
+        return 0
+    return canary.weight
+
+
+def _backend(name: str, weight: int) -> Obj:
+    return {
+        "group": "",
+        "kind": "Service",
+        "name": name,
+        "port": names.SERVICE_PORT,
+        "weight": weight,
+    }
+
+
+def render_http_route(
+    md: ModelDeployment, config: OperatorConfig, observed: Observed
+) -> Obj | None:
+    route = md.spec.route
+    if route is None:
+        return None
+    gateway = route.gateway
+    parent: Obj = {
+        "group": "gateway.networking.k8s.io",
+        "kind": "Gateway",
+        "name": gateway.name,
+        "namespace": gateway.namespace or md.namespace,
+    }
+    if gateway.section_name:
+        parent["sectionName"] = gateway.section_name
+    weight = canary_weight(md, observed)
+    # The canary stays listed at weight 0 until it is removed, so that its share moves by
+    # a weight change alone.
+    backends = [_backend(md.name, 100 - weight)]
+    if _canary_kept(md, observed):
+        backends.append(_backend(kinds.CANARY_SERVICE.child_name(md.name), weight))
+    spec: Obj = {"parentRefs": [parent]}
+    if route.hostnames:
+        spec["hostnames"] = list(route.hostnames)
+    spec["rules"] = [
+        {
+            "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+            "backendRefs": backends,
+        }
+    ]
+    return {**_header(md, kinds.HTTP_ROUTE), "spec": spec}
+
+
+Renderer = Callable[[ModelDeployment, OperatorConfig, Observed], "Obj | None"]
 # One renderer per registered child kind (a test holds the two together).
 RENDERERS: dict[Kind, Renderer] = {
     kinds.DEPLOYMENT: render_deployment,
+    kinds.CANARY_DEPLOYMENT: render_canary_deployment,
     kinds.SERVICE: render_service,
+    kinds.CANARY_SERVICE: render_canary_service,
     kinds.HPA: render_hpa,
+    kinds.SCALED_OBJECT: render_scaled_object,
+    kinds.HTTP_SCALED_OBJECT: render_http_scaled_object,
     kinds.PDB: render_pdb,
     kinds.ACCESS_CONFIG_MAP: render_access_config_map,
+    kinds.HTTP_ROUTE: render_http_route,
 }
 
 
 def render_children(
-    md: ModelDeployment, config: OperatorConfig, access: AccessTable | None = None
+    md: ModelDeployment, config: OperatorConfig, observed: Observed | None = None
 ) -> list[Obj]:
     """Every object the operator applies for this ModelDeployment, in apply order.
 
-    The renderers all take the operator config and the access table (built from the
-    namespace's ModelConsumers; none yet without a cluster), used or not, so that the
-    registry can call them alike.
+    The renderers all take the operator config and what reconcile observed (the
+    namespace's ModelConsumers, the canary's progress; nothing without a cluster), used or
+    not, so that the registry can call them alike. Raises Unrenderable when the operator's
+    configuration lacks what the spec needs.
     """
-    rendered = (RENDERERS[kind](md, config, access) for kind in kinds.CHILDREN)
+    seen = observed or Observed()
+    rendered = (RENDERERS[kind](md, config, seen) for kind in kinds.CHILDREN)
     return [obj for obj in rendered if obj is not None]
 
 
 def service_url(md: ModelDeployment, config: OperatorConfig) -> str:
-    """The in-cluster OIP base URL."""
+    """The in-cluster OIP base URL: the model's Service, or, for a model that scales to
+    zero, the KEDA HTTP add-on's interceptor, which holds requests while a pod starts
+    (sent with the Host header ``service_host``)."""
+    scaling = md.spec.autoscaling
+    if scaling is not None and scaling.scales_to_zero:
+        service, port = config.keda_http_interceptor.rsplit(":", 1)
+        return f"http://{service}.svc.{config.cluster_domain}:{port}"
     return f"http://{md.name}.{md.namespace}.svc.{config.cluster_domain}"
+
+
+def service_host(md: ModelDeployment, config: OperatorConfig) -> str | None:
+    scaling = md.spec.autoscaling
+    if scaling is None or not scaling.scales_to_zero:
+        return None
+    return interceptor_hosts(md, config)[0]

@@ -221,11 +221,13 @@ def _pod_problem(pods: Sequence[Obj]) -> Verdict | None:  # noqa: PLR0911 - as a
 
 
 def judge_deployment(  # noqa: PLR0911 - one early answer per reason reads best
-    deployment: Obj | None, pods: Sequence[Obj]
+    deployment: Obj | None, pods: Sequence[Obj], *, scales_from_zero: bool = False
 ) -> Verdict:
     """Ready or not, and why, from the Deployment and its pods.
 
-    Availability at the current generation wins over everything pods once said.
+    Availability at the current generation wins over everything pods once said. A model
+    that scales to zero is Ready at zero (its first request is held while a pod starts)
+    and Activating while the first pod starts.
     """
     if deployment is None:
         return Verdict(False, "Progressing", "waiting for the Deployment to be created")
@@ -270,8 +272,16 @@ def judge_deployment(  # noqa: PLR0911 - one early answer per reason reads best
         return problem
     if not seen:
         return Verdict(False, "Progressing", "the Deployment controller has not seen this change")
+    if wanted == 0 and scales_from_zero:
+        return Verdict(
+            True,
+            "ScaledToZero",
+            "no replicas while idle: the first request is held by the interceptor while one starts",
+        )
     if wanted == 0:
         return Verdict(False, "ScaledToZero", "no replicas are requested")
+    if scales_from_zero and available == 0:
+        return Verdict(False, "Activating", f"starting the first of {wanted} replicas")
     if updated < wanted or total > updated:
         return Verdict(False, "Progressing", f"{updated} of {wanted} replicas updated")
     return Verdict(False, "Progressing", f"{available} of {wanted} replicas available")
@@ -326,11 +336,12 @@ def compute_status(
     pods: Sequence[Obj],
     problem: Problem | None,
     now: str,
+    scales_from_zero: bool = False,
 ) -> dict[str, Any]:
     verdict = (
         Verdict(False, problem.reason, problem.message, problem.stalled)
         if problem is not None
-        else judge_deployment(deployment, pods)
+        else judge_deployment(deployment, pods, scales_from_zero=scales_from_zero)
     )
     deployment_status = (deployment or {}).get("status", {})
     if model is not None and (cached := cache_outcome(pods)) is not None:

@@ -23,7 +23,7 @@ from modelplane_operator.consumers import reconcile_consumer
 from modelplane_operator.freshness import RecentWrites
 from modelplane_operator.kinds import BY_KIND, MODEL_CONSUMER, PODS
 from modelplane_operator.metrics import forget_model_deployment
-from modelplane_operator.reconcile import RetryLater, SpecRejected, reconcile
+from modelplane_operator.reconcile import ReconcileResult, RetryLater, SpecRejected, reconcile
 from modelplane_operator.watch_cache import (
     Override,
     cluster_view,
@@ -65,6 +65,8 @@ def on_child_event(event: kopf.RawEvent, memo: kopf.Memo, indexes: Mapping[str, 
             None if deleted else copy.deepcopy(dict(obj)),
             dict(obj) if deleted else None,
         )
+    if model_deployment(indexes, key) is None and owner.endswith(names.CANARY_SUFFIX):
+        key = (key[0], owner.removesuffix(names.CANARY_SUFFIX))  # a canary's child or pod
     if (body := _live_body(memo, indexes, key)) is not None:
         _attempt(memo, indexes, key, body, override, reject=False)
 
@@ -205,7 +207,7 @@ def _attempt(
     gone_consumer: str | None = None,
 ) -> None:
     try:
-        _reconcile(body, memo, indexes, override, gone_consumer)
+        result = _reconcile(body, memo, indexes, override, gone_consumer)
     except SpecRejected as rejected:
         memo.retrier.succeeded(key)  # nothing to retry: the spec must change
         if rejected.newly:  # whatever triggered it: a spec change, a consumer, a child
@@ -219,6 +221,10 @@ def _attempt(
         _retry_later(memo, indexes, key, RetryLater(f"{type(exc).__name__}: {exc}", delay=0.0))
     else:
         memo.retrier.succeeded(key)
+        if result.recheck_after is not None:  # a canary under analysis: look again
+            memo.retrier.schedule(
+                key, lambda: _retry(memo, indexes, key), at_least=result.recheck_after
+            )
 
 
 def _retry_later(memo: kopf.Memo, indexes: Mapping[str, Any], key: Key, later: RetryLater) -> None:
@@ -232,7 +238,7 @@ def _reconcile(
     indexes: Mapping[str, Any],
     override: Override | None,
     gone_consumer: str | None = None,
-) -> None:
+) -> ReconcileResult:
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
     recent: RecentWrites = memo.recent
     with memo.locks(key):
@@ -258,6 +264,7 @@ def _reconcile(
                 recent.deleted(where, child.live)
             elif child.wrote and child.live:
                 recent.applied(where, child.live)
+        return result
 
 
 def forget(key: Key, memo: kopf.Memo) -> None:

@@ -26,9 +26,25 @@ def load_crd(path: Path = CRD_FILE) -> dict[str, Any]:
     return crd
 
 
-def crd_schema(path: Path = CRD_FILE) -> dict[str, Any]:
-    schema: dict[str, Any] = load_crd(path)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+def crd_schema(path: Path = CRD_FILE, version: str | None = None) -> dict[str, Any]:
+    versions = load_crd(path)["spec"]["versions"]
+    chosen = next((v for v in versions if v["name"] == version), versions[0])
+    schema: dict[str, Any] = chosen["schema"]["openAPIV3Schema"]
     return schema
+
+
+# Upstream CRDs (Gateway API, KEDA, Prometheus Operator), beside the checkout.
+THIRD_PARTY_CRDS = REPO.parent / "shared" / "third-party-crds"
+
+
+def third_party_crd(api_version: str, kind: str) -> Path | None:
+    """The upstream CRD file that defines ``kind`` in ``api_version``'s group, if present."""
+    group = api_version.split("/", maxsplit=1)[0]
+    for path in sorted(THIRD_PARTY_CRDS.glob("*/*.yaml")):
+        spec = load_crd(path).get("spec") or {}
+        if spec.get("group") == group and (spec.get("names") or {}).get("kind") == kind:
+            return path
+    return None
 
 
 def _strict(schema: Any) -> Any:
@@ -98,7 +114,8 @@ def validate_against_crd(
 
     ``old`` is the stored object when this is an update (for transition rules).
     """
-    schema = crd_schema(crd)
+    version = obj.get("apiVersion", "").rpartition("/")[2] if crd != CRD_FILE else None
+    schema = crd_schema(crd, version)
     value = apply_defaults(schema, copy.deepcopy(obj))
     if old is not None:
         old = apply_defaults(schema, copy.deepcopy(old))

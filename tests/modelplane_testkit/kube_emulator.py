@@ -252,6 +252,8 @@ class ApiEmulator(kmock.KubernetesEmulator):
         )
         try:
             self._inject_fault(request)
+            if request.resource is not None and request.resource.plural:
+                self._check_served(request.resource)
             if request.resource is not None and method in {"POST", "PUT", "PATCH", "DELETE"}:
                 self.mutations.append(
                     Mutation(method, request.url.path, request.params.get("fieldManager", ""))
@@ -266,6 +268,12 @@ class ApiEmulator(kmock.KubernetesEmulator):
             return await kmock.KubernetesScaffold._handle(self, request)
         except kmock.KubernetesError as exc:
             return await self._render_error(exc)
+
+    def _check_served(self, resource: Any) -> None:
+        """A kind whose CRD is not installed is a 404, as from the API server."""
+        group_version = f"{resource.group}/{resource.version}" if resource.group else "v1"
+        if f"{group_version}/{resource.plural}" not in self.resources:
+            raise _StatusError(404, "NotFound", "the server could not find the requested resource")
 
     def _inject_fault(self, request: rendering.Request) -> None:
         method = _verb(request)

@@ -27,7 +27,16 @@ PATHS = {
     "configmaps": "/api/v1/namespaces/{ns}/configmaps",
     "secrets": "/api/v1/namespaces/{ns}/secrets",
     "events": "/api/v1/namespaces/{ns}/events",
+    "scaledobjects": "/apis/keda.sh/v1alpha1/namespaces/{ns}/scaledobjects",
+    "httpscaledobjects": "/apis/http.keda.sh/v1alpha1/namespaces/{ns}/httpscaledobjects",
+    "httproutes": "/apis/gateway.networking.k8s.io/v1/namespaces/{ns}/httproutes",
 }
+# Kinds whose CRDs come with other projects (KEDA, its HTTP add-on, Gateway API).
+THIRD_PARTY_KINDS = (
+    ("keda.sh/v1alpha1", "scaledobjects", "ScaledObject"),
+    ("http.keda.sh/v1alpha1", "httpscaledobjects", "HTTPScaledObject"),
+    ("gateway.networking.k8s.io/v1", "httproutes", "HTTPRoute"),
+)
 WAIT = 20.0
 # How the operator is started, as the chart starts it (a test holds the two together).
 OPERATOR_ARGS = ["run", "-m", "modelplane_operator.handlers", "--standalone", "--all-namespaces"]
@@ -212,11 +221,16 @@ def serve_crd(emulator: EmulatorThread) -> None:
     emulator.emulator.serve("modelplane.io/v1alpha1", "modelconsumers", "ModelConsumer")
 
 
-def start_emulator(*, with_crd: bool = True) -> EmulatorThread:
+def start_emulator(*, with_crd: bool = True, third_party: bool = True) -> EmulatorThread:
+    """An emulated API server serving the built-in kinds the operator uses, its CRDs
+    (``with_crd``) and the third-party kinds it renders (``third_party``)."""
     emulator = EmulatorThread()
     api = emulator.emulator
     if with_crd:
         serve_crd(emulator)
+    if third_party:
+        for api_version, plural, kind in THIRD_PARTY_KINDS:
+            api.serve(api_version, plural, kind)
     api.serve("apps/v1", "deployments", "Deployment")
     api.serve("v1", "services", "Service")
     api.serve("autoscaling/v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -15,9 +16,17 @@ from test_operator.samples import SAMPLE_FILES, SAMPLES_DIR
 MODELPLANE = shutil.which("modelplane") or str(Path(sys.executable).parent / "modelplane")
 
 
-def _run(*args: str) -> subprocess.CompletedProcess[str]:
+PROMETHEUS = {"MODELPLANE_OPERATOR_PROMETHEUS_URL": "http://prometheus.monitoring:9090"}
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [MODELPLANE, *args], capture_output=True, text=True, timeout=60, check=False
+        [MODELPLANE, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -33,10 +42,24 @@ def test_render_is_byte_identical_across_runs() -> None:
 def test_render_many_documents(tmp_path: Path) -> None:
     both = tmp_path / "both.yaml"
     both.write_text("\n---\n".join(p.read_text() for p in SAMPLE_FILES))
-    result = _run("render", "-f", str(both))
+    result = _run("render", "-f", str(both), env=PROMETHEUS)
     assert result.returncode == 0, result.stderr
-    names = {d["metadata"]["name"] for d in yaml.safe_load_all(result.stdout)}
-    assert len(names) == len(SAMPLE_FILES)
+    owners = {
+        d["metadata"]["labels"]["app.kubernetes.io/instance"]
+        for d in yaml.safe_load_all(result.stdout)
+    }
+    assert {o.removesuffix("-canary") for o in owners} == {
+        yaml.safe_load(p.read_text())["metadata"]["name"] for p in SAMPLE_FILES
+    }
+
+
+def test_render_without_what_the_spec_needs_is_one_line() -> None:
+    result = _run("render", "-f", str(SAMPLES_DIR / "scale-to-zero.yaml"))
+    assert result.returncode != 0
+    assert result.stdout == ""
+    (line,) = result.stderr.strip().splitlines()
+    assert "models/summarizer" in line
+    assert "prometheus.url" in line
 
 
 def test_invalid_file_gives_one_line_per_problem(tmp_path: Path) -> None:

@@ -18,11 +18,12 @@ from modelplane_operator.yaml_text import dump_all
 from test_operator.samples import SAMPLE_FILES, load_sample
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
+PROMETHEUS_URL = "http://prometheus-operated.monitoring:9090"
 
 
 def _config() -> OperatorConfig:
     # Defaults only: the environment of whoever runs the tests cannot change the goldens.
-    return OperatorConfig.model_construct()
+    return OperatorConfig.model_construct(prometheus_url=PROMETHEUS_URL)
 
 
 @pytest.mark.parametrize("path", SAMPLE_FILES, ids=lambda p: p.stem)

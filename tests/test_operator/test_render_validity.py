@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from modelplane_api.spec import parse_model_deployment
 from modelplane_operator.config import OperatorConfig
-from modelplane_operator.render import render_children
+from modelplane_operator.render import Observed, render_children
 from modelplane_testkit.kube_validation import problems_in
 from modelplane_testkit.pod_security import restricted_violations
 from test_operator.samples import SAMPLE_FILES, load_sample
@@ -21,7 +21,8 @@ from test_operator.samples import SAMPLE_FILES, load_sample
 
 @pytest.mark.parametrize("path", SAMPLE_FILES, ids=lambda p: p.stem)
 def test_sample_objects_pass_schema_and_pod_security(path: Path) -> None:
-    objects = render_children(parse_model_deployment(load_sample(path)), OperatorConfig())
+    config = OperatorConfig(prometheus_url="http://prometheus-operated.monitoring:9090")
+    objects = render_children(parse_model_deployment(load_sample(path)), config)
     assert problems_in(objects) == []
 
 
@@ -170,19 +171,32 @@ def model_deployments(draw: st.DrawFn) -> dict[str, Any]:
         spec["scheduling"]["affinity"] = affinity
     if draw(st.booleans()):
         spec["scheduling"]["priorityClassName"] = draw(_label)
+    canary = draw(st.booleans())
     if draw(st.booleans()):
-        low = draw(st.integers(1, 50))
+        engine = draw(st.sampled_from(["hpa", "keda"]))
+        low = draw(st.integers(0 if engine == "keda" and not canary else 1, 50))
         spec["autoscaling"] = {
+            "engine": engine,
             "minReplicas": low,
-            "maxReplicas": draw(st.integers(low, 1000)),
+            "maxReplicas": draw(st.integers(max(low, 1), 1000)),
             "metric": draw(st.sampled_from(["cpu", "memory", "pendingRequests"])),
             "target": draw(st.integers(1, 500)),
+        }
+    if canary or draw(st.booleans()):
+        spec["route"] = {"gateway": {"name": draw(_label)}, "hostnames": [f"{draw(_label)}.io"]}
+    if canary:
+        spec["canary"] = {
+            "weight": draw(st.integers(0, 100)),
+            "model": {"uri": "s3://bucket/v2.onnx"},
+            "replicas": draw(st.integers(1, 5)),
+            "promote": draw(st.booleans()),
         }
     if draw(st.booleans()):
         spec["model"]["credentials"] = draw(
             st.sampled_from([{"secretRef": {"name": "creds"}}, {"serviceAccountName": "reader"}])
         )
-    name = draw(st.from_regex(r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?", fullmatch=True))
+    longest = 56 if canary else 63  # a canary's children add "-canary"
+    name = draw(st.from_regex(rf"[a-z]([a-z0-9-]{{0,{longest - 2}}}[a-z0-9])?", fullmatch=True))
     return {
         "apiVersion": "modelplane.io/v1alpha1",
         "kind": "ModelDeployment",
@@ -195,4 +209,6 @@ def model_deployments(draw: st.DrawFn) -> dict[str, Any]:
 @given(model_deployments())
 def test_any_accepted_spec_renders_valid_restricted_objects(obj: dict[str, Any]) -> None:
     md = parse_model_deployment(obj)  # the strategy draws only specs the model accepts
-    assert problems_in(render_children(md, OperatorConfig())) == []
+    config = OperatorConfig(prometheus_url="http://prometheus.monitoring:9090")
+    for observed in (Observed(), Observed(canary_ready=True, model_on_canary=True)):
+        assert problems_in(render_children(md, config, observed)) == []

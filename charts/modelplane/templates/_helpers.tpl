@@ -56,13 +56,25 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, create, patch]
-# The children: server-side apply creates and updates them (create + patch).
+# The children: server-side apply creates and updates them (create + patch). A canary's
+# Deployment and Service are deleted when it is promoted or removed.
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, create, patch]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, list, watch, create, patch]
+  verbs: [get, list, watch, create, patch, delete]
+# KEDA (autoscaling.engine keda), its HTTP add-on (scale to zero) and Gateway API
+# (spec.route): the same, for kinds their own CRDs add; granted whether installed or not.
+- apiGroups: [keda.sh]
+  resources: [scaledobjects]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [http.keda.sh]
+  resources: [httpscaledobjects]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [gateway.networking.k8s.io]
+  resources: [httproutes]
+  verbs: [get, list, watch, create, patch, delete]
 # Turning autoscaling or the disruption budget off deletes them.
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
