@@ -128,3 +128,9 @@ MAX_HEADER_BYTES_LIMIT = 1024 * 1024
 MAX_CONNECTIONS = 1000  # open client connections; beyond it new ones get 503 and are closed
 MAX_CONNECTIONS_LIMIT = 1_000_000
 CONNECTION_TIMEOUT_LIMIT = 3600
+
+# --- other projects' defaults ---------------------------------------------------------------
+
+# The KEDA HTTP add-on's Services as its Helm chart names them (SERVICE.NAMESPACE:PORT).
+KEDA_HTTP_INTERCEPTOR = "keda-add-on-http-interceptor-proxy.keda:8080"
+KEDA_HTTP_SCALER = "keda-add-on-http-external-scaler.keda:9090"

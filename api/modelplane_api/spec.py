@@ -769,7 +769,10 @@ class Access(SpecModel):
 
 HOSTNAME_PATTERN = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 _HOSTNAME = (HOSTNAME_PATTERN, "a DNS hostname, optionally starting with '*.'")
-Hostname = Annotated[str, _pattern_check(*_HOSTNAME), _pattern_rule(*_HOSTNAME)]
+# A bound on the length bounds the cost of the CEL rule the API server estimates.
+Hostname = Annotated[
+    str, Field(max_length=253), _pattern_check(*_HOSTNAME), _pattern_rule(*_HOSTNAME)
+]
 
 
 class GatewayRef(SpecModel):

@@ -8,9 +8,9 @@ status.canary saying why, until spec.canary.model or .runtime changes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from modelplane_api import names
 from modelplane_api.spec import CanaryStatus, ModelDeployment
@@ -19,9 +19,6 @@ from modelplane_operator.config import OperatorConfig
 from modelplane_operator.kube import KubeApi
 from modelplane_operator.render import canary_spec, pods_of, revision
 from modelplane_operator.status import judge_deployment
-
-if TYPE_CHECKING:
-    from modelplane_operator.reconcile import ClusterView
 
 Obj = dict[str, Any]
 log = logging.getLogger("modelplane.operator")
@@ -48,7 +45,8 @@ def observe_canary(
     api: KubeApi,
     body: Mapping[str, Any],
     config: OperatorConfig,
-    cluster: ClusterView,
+    cached: Callable[[str, str, str], Obj | None],
+    pods: Callable[[str, str], Sequence[Obj]],
     previous: Mapping[str, Any],
 ) -> CanaryState:
     """How far the canary has got, and, under analysis, whether it passed a bound (which
@@ -58,16 +56,16 @@ def observe_canary(
         return CanaryState()
     canary_name = kinds.CANARY_DEPLOYMENT.child_name(md.name)
     wanted = revision(view)
-    deployment = cluster.cached("Deployment", md.namespace, canary_name)
+    deployment = cached("Deployment", md.namespace, canary_name)
     ready = (
         _serves(deployment, wanted)
-        and judge_deployment(deployment, cluster.pods(md.namespace, canary_name)).ready
+        and judge_deployment(deployment, pods(md.namespace, canary_name)).ready
     )
-    model = cluster.cached("Deployment", md.namespace, md.name)
+    model = cached("Deployment", md.namespace, md.name)
     model_on_it = (
         spec.promote
         and _serves(model, wanted)
-        and judge_deployment(model, cluster.pods(md.namespace, md.name)).ready
+        and judge_deployment(model, pods(md.namespace, md.name)).ready
     )
     before = previous.get("canary") or {}
     same = before.get("revision") == wanted

@@ -50,13 +50,13 @@ class OperatorConfig(BaseSettings):
         "KEDA's Prometheus trigger and canary analysis read the runtime's metrics there.",
     )
     keda_http_interceptor: str = Field(
-        default="keda-add-on-http-interceptor-proxy.keda:8080",
+        default=facts.KEDA_HTTP_INTERCEPTOR,
         pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?\.[a-z0-9]([-a-z0-9]*[a-z0-9])?:[0-9]{1,5}$",
         description="The KEDA HTTP add-on's interceptor proxy, as SERVICE.NAMESPACE:PORT: a "
         "model that scales to zero is called through it.",
     )
     keda_http_scaler: str = Field(
-        default="keda-add-on-http-external-scaler.keda:9090",
+        default=facts.KEDA_HTTP_SCALER,
         pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?\.[a-z0-9]([-a-z0-9]*[a-z0-9])?:[0-9]{1,5}$",
         description="The add-on's external scaler, as SERVICE.NAMESPACE:PORT: KEDA asks it how "
         "many requests the interceptor holds.",

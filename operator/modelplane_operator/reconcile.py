@@ -168,7 +168,13 @@ def _reconcile(
     writer.scales_from_zero = scaling is not None and scaling.scales_to_zero
     table = _access(md, cluster, now()) if md.spec.restricted else None
     canary = observe_canary(
-        md, api=api, body=body, config=config, cluster=cluster, previous=previous
+        md,
+        api=api,
+        body=body,
+        config=config,
+        cached=cluster.cached,
+        pods=cluster.pods,
+        previous=previous,
     )
     observed = Observed(
         access=table,

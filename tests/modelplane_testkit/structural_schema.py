@@ -42,6 +42,10 @@ def _node(node: dict[str, Any], level: str, path: str, errors: list[str]) -> Non
     preserve = bool(node.get("x-kubernetes-preserve-unknown-fields"))
     if kind == "array" and "items" not in node:
         errors.append(f"{path}.items: Required value: must be specified")
+    for bound in ("exclusiveMinimum", "exclusiveMaximum"):
+        # OpenAPI v3.0, as the API server reads it: a flag beside minimum/maximum.
+        if bound in node and not isinstance(node[bound], bool):
+            errors.append(f"{path}.{bound}: Invalid value: expected boolean")
     if isinstance(node.get("items"), dict):
         _node(node["items"], "item", f"{path}.items", errors)
     for key, sub in node.get("properties", {}).items():

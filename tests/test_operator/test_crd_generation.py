@@ -71,6 +71,14 @@ def test_the_structural_check_refuses_what_the_api_server_refused() -> None:
         "spec.validation.openAPIV3Schema.properties[metadata]: Forbidden: must not specify "
         "anything other than name and generateName, but metadata is implicitly specified"
     ]
+    # helm install on a real API server: "exclusiveMinimum: expected boolean, got &{0}".
+    schema = load_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    replicas = schema["properties"]["spec"]["properties"]["replicas"]
+    replicas["exclusiveMinimum"] = 0
+    assert structural_errors(schema) == [
+        "spec.validation.openAPIV3Schema.properties[spec].properties[replicas]"
+        ".exclusiveMinimum: Invalid value: expected boolean"
+    ]
 
 
 def test_cel_rules_compile_where_the_api_server_compiles_them(crd_file: Path) -> None:
