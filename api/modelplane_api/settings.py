@@ -45,6 +45,8 @@ class RuntimeSettings(BaseSettings):
     warmup_shapes: Annotated[tuple[dict[str, tuple[int, ...]], ...], NoDecode] | None = None
     host: str = "127.0.0.1"
     port: int = Field(default=facts.HTTP_PORT, ge=1, le=65535)
+    # The Open Inference Protocol over gRPC, on the same host; 0: REST only.
+    grpc_port: int = Field(default=facts.GRPC_PORT, ge=0, le=65535)
     request_timeout_seconds: int = Field(
         default=facts.REQUEST_TIMEOUT_SECONDS, ge=1, le=facts.REQUEST_TIMEOUT_SECONDS_LIMIT
     )

@@ -43,6 +43,8 @@ def _serve(args: argparse.Namespace) -> int:
             access=args.access,
             graph=args.graph,
         )
+    if args.grpc_port is not None:
+        settings = settings.model_copy(update={"grpc_port": args.grpc_port})
     serve(settings)
     return 0
 
@@ -192,7 +194,8 @@ def add_commands(commands: argparse._SubParsersAction[Parser]) -> None:
     serve = commands.add_parser(
         "serve",
         help="serve a model over the Open Inference Protocol",
-        description="Serve one ONNX model over the Open Inference Protocol (KServe V2) REST API."
+        description="Serve one ONNX model over the Open Inference Protocol (KServe V2), REST and"
+        " gRPC."
         " With neither --model nor -f, every setting comes from MODELPLANE_* variables (in a pod)."
         " Settings the flags do not name (limits, timeouts, batching) come from MODELPLANE_*"
         " variables; see the README's Limits section.",
@@ -214,6 +217,12 @@ def add_commands(commands: argparse._SubParsersAction[Parser]) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument(
         "--port", type=port_number, default=facts.HTTP_PORT, help="port to listen on"
+    )
+    serve.add_argument(
+        "--grpc-port",
+        type=_port_or_off,
+        help="port for the Open Inference Protocol over gRPC, 0 for none (default:"
+        f" MODELPLANE_GRPC_PORT, else {facts.GRPC_PORT})",
     )
     serve.add_argument(
         "--allow-cpu-fallback",
@@ -324,6 +333,11 @@ def add_commands(commands: argparse._SubParsersAction[Parser]) -> None:
     )
     export.add_argument("--opset", type=int, default=18, help="ONNX opset to export to")
     export.set_defaults(handler=_failing_as_commands(_export))
+
+
+def _port_or_off(text: str) -> int:
+    """An argparse type: a TCP port, or 0 for none."""
+    return 0 if text == "0" else port_number(text)
 
 
 def _failing_as_commands(handler: Callable[[argparse.Namespace], int]) -> Callable[..., int]:

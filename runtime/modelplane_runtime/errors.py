@@ -1,4 +1,5 @@
-"""Errors that carry their HTTP status; rendered once, as ``{"error": ...}``."""
+"""Errors that carry their HTTP status; rendered once, as ``{"error": ...}`` over REST, and
+as the gRPC status code :data:`GRPC_CODES` gives that HTTP status over gRPC."""
 
 from __future__ import annotations
 
@@ -11,6 +12,23 @@ def error_body(message: str) -> bytes:
     """The body of every error the runtime answers, at whichever layer: route, middleware
     or connection."""
     return orjson.dumps({"error": message})
+
+
+# The same refusals over gRPC: the names of grpc.StatusCode members, by the error's HTTP
+# status (a status missing here is INTERNAL). A client sees the same refusal either way;
+# a message over the transport's size limit is grpc's own RESOURCE_EXHAUSTED, like 413 here.
+GRPC_CODES: dict[int, str] = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    408: "DEADLINE_EXCEEDED",
+    413: "RESOURCE_EXHAUSTED",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
 
 
 class ServingError(Exception):

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from modelplane_api import facts
 from modelplane_api.settings import RuntimeSettings
 from modelplane_runtime.access import AccessControl
 from modelplane_runtime.batching import Batcher, Usage
@@ -43,6 +44,15 @@ async def off_the_loop(function: Callable[..., T], *args: Any) -> T:
     """``function(*args)`` on the decoder thread (for a large request; a small one calls
     ``function`` right away, saving itself a coroutine)."""
     return await asyncio.get_running_loop().run_in_executor(DECODER, function, *args)
+
+
+def check_version(version: str | None) -> None:
+    """A request may name the model's version (REST in its path, gRPC in its message): only
+    the one served, or none."""
+    if version and version != facts.MODEL_VERSION:
+        raise ModelNotFound(
+            f"version '{version}' is not served; the only version is '{facts.MODEL_VERSION}'"
+        )
 
 
 # A body still being read this long after it began is slow or stalled, not "about to arrive".

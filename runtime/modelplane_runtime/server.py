@@ -4,11 +4,15 @@ BentoML's ``bentoml serve`` adds a circus arbiter and a worker process; a pod
 runs one model in one process, so the runtime starts the same ASGI app
 (``Service.to_asgi``) directly: faster start-up, and SIGTERM handled here.
 
+The Open Inference Protocol over gRPC (grpc_service.py) is served by the same process,
+on the same event loop, from the moment the REST server has started (the model loaded
+and the batcher running) until it stops.
+
 Shutdown: on SIGTERM or SIGINT readiness turns false at once, uvicorn stops
-accepting connections, every request in flight finishes (up to the request
-timeout), the batcher drains, then the process exits. A run that outlives every
-deadline and ignores onnxruntime's terminate flag is not waited for: the process
-exits (status 1) without it.
+accepting connections and gRPC new calls, every request and call in flight
+finishes (up to the request timeout), the batcher drains, then the process exits.
+A run that outlives every deadline and ignores onnxruntime's terminate flag is
+not waited for: the process exits (status 1) without it.
 """
 
 from __future__ import annotations
@@ -30,11 +34,12 @@ from modelplane_api import facts
 from modelplane_api.settings import RuntimeSettings
 
 if TYPE_CHECKING:
+    from modelplane_runtime.grpc_service import GrpcService
     from modelplane_runtime.inference import InferenceEngine
 from modelplane_api.access import InvalidAccessTable
 from modelplane_runtime.access import AccessControl
 from modelplane_runtime.connections import Closing, ConnectionLimits, guarded_protocol
-from modelplane_runtime.errors import AccessFileError
+from modelplane_runtime.errors import AccessFileError, ServingError
 from modelplane_runtime.logs import configure_logging, write_termination_message
 from modelplane_runtime.memory import use_mmap_for_large_blocks
 from modelplane_runtime.metrics import AccessMetrics, MetricsCache
@@ -51,20 +56,48 @@ KEEP_ALIVE_DRAIN_SECONDS = 2.0
 
 
 class _DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, engine: InferenceEngine, closing: Closing) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        engine: InferenceEngine,
+        closing: Closing,
+        grpc: GrpcService | None = None,
+    ) -> None:
         super().__init__(config)
         self.engine = engine
         self.closing = closing
+        self.grpc = grpc
+        self.failure: ServingError | None = None  # why the server stopped at start
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's start-up (the lifespan: the batcher starts; then REST listens), then
+        gRPC's: both protocols meet the engine running."""
+        await super().startup(sockets)
+        if self.started and self.grpc is not None:
+            try:
+                await self.grpc.start()
+            except ServingError as exc:
+                self.failure = exc
+                self.should_exit = True  # shut down what started, then fail (serve)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        """Stop accepting; let keep-alive clients leave on an answer; then uvicorn's own
-        shutdown (in-flight requests finish, idle connections close)."""
+        """Stop accepting (REST connections, gRPC calls); let keep-alive clients leave on an
+        answer; let gRPC calls in flight finish; then uvicorn's own shutdown (REST requests
+        in flight finish, idle connections close, then the batcher drains)."""
         self.closing.started = True
         for server in self.servers:
             server.close()
+        grace = self.engine.settings.request_timeout_seconds  # uvicorn's, below
+        grpc_drained = (
+            asyncio.ensure_future(self.grpc.stop(grace)) if self.grpc is not None else None
+        )
         deadline = time.monotonic() + KEEP_ALIVE_DRAIN_SECONDS
         while self.server_state.connections and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        if grpc_drained is not None:
+            # Calls in flight end within their deadlines (the request timeout at most), as
+            # REST's requests do meanwhile: this wait does not add to uvicorn's below.
+            await grpc_drained
         await super().shutdown(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -95,6 +128,7 @@ def serve(settings: RuntimeSettings) -> None:
     sys.setswitchinterval(0.001)
     use_mmap_for_large_blocks()  # large requests' memory goes back to the kernel at once
     metrics = _use_single_process_metrics()
+    from modelplane_runtime.grpc_service import GrpcService
     from modelplane_runtime.inference import InferenceEngine
     from modelplane_runtime.service import (
         AccessGuard,
@@ -136,15 +170,25 @@ def serve(settings: RuntimeSettings) -> None:
         timeout_keep_alive=settings.keep_alive_seconds,  # type: ignore[arg-type]
         http=guarded_protocol(ConnectionLimits.of(settings), closing := Closing()),
     )
-    log.info("serving %s on http://%s:%d", settings.model_name, settings.host, settings.port)
+    grpc = GrpcService(engine, settings, access) if settings.grpc_port else None
+    log.info(
+        "serving %s on http://%s:%d%s",
+        settings.model_name,
+        settings.host,
+        settings.port,
+        f" and grpc://{grpc.address}" if grpc is not None else "",
+    )
     # uvicorn re-raises the signal into the handler that was there before it once it
     # has drained; a no-op there makes a completed drain exit 0, not "killed by SIGTERM".
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _drained)
-    _DrainingServer(config, engine, closing).run()
+    server = _DrainingServer(config, engine, closing, grpc)
+    server.run()
     if engine.abandoned_run:  # its thread would hold up the interpreter's exit for ever
         logging.shutdown()
         os._exit(1)
+    if server.failure is not None:
+        raise server.failure
 
 
 def _access_control(settings: RuntimeSettings) -> AccessControl | None:

@@ -44,7 +44,6 @@ from modelplane_runtime.errors import (
     BadRequest,
     BodyTimeout,
     ClientClosed,
-    ModelNotFound,
     NotReady,
     Overloaded,
     PayloadTooLarge,
@@ -52,7 +51,7 @@ from modelplane_runtime.errors import (
     ServingError,
     error_body,
 )
-from modelplane_runtime.inference import InferenceEngine, off_the_loop
+from modelplane_runtime.inference import InferenceEngine, check_version, off_the_loop
 from modelplane_runtime.json_tensors import SMALL_BODY, parse_body
 from modelplane_runtime.memory import Reservation
 from modelplane_runtime.metrics import MetricsCache, failure_outcome
@@ -107,11 +106,7 @@ def _engine() -> InferenceEngine:
 
 
 def _check_version(request: Request) -> None:
-    version = request.path_params.get("version", facts.MODEL_VERSION)
-    if version != facts.MODEL_VERSION:
-        raise ModelNotFound(
-            f"version '{version}' is not served; the only version is '{facts.MODEL_VERSION}'"
-        )
+    check_version(request.path_params.get("version"))
 
 
 # --- routes -------------------------------------------------------------------

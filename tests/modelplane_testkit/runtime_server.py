@@ -40,7 +40,8 @@ def run_runtime_cli(
         timeout=timeout,
         cwd=cwd,
         check=False,
-        env={**os.environ, **(env or {})},
+        # A server it starts listens for gRPC on a free port, not the default one.
+        env={**os.environ, "MODELPLANE_GRPC_PORT": str(free_port()), **(env or {})},
     )
 
 
@@ -63,8 +64,17 @@ class RuntimeServer:
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.grpc_port = free_port()
+        while self.grpc_port == self.port:  # (the kernel may hand out a port again)
+            self.grpc_port = free_port()
+        self.grpc_target = f"127.0.0.1:{self.grpc_port}"  # for grpc and tritonclient.grpc
         self.log_path = log_dir / f"runtime-{self.port}.log"
-        environment = {**os.environ, "MODELPLANE_LOG_LEVEL": "INFO", **(env or {})}
+        environment = {
+            **os.environ,
+            "MODELPLANE_LOG_LEVEL": "INFO",
+            "MODELPLANE_GRPC_PORT": str(self.grpc_port),
+            **(env or {}),
+        }
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             [
