@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from modelplane_testkit import node
+from modelplane_testkit import gateway, node, prometheus_server
 from modelplane_testkit.control_plane import CLUSTER_ENV, HOW_TO_GET_THEM, find_assets
 from modelplane_testkit.kube_emulator import ACCESS_LOG
 
 E2E_DIR = "test_e2e"
 NODE_DIR = "test_node"
+# The node tests that also need a gateway (Traefik) and Prometheus, beside the node's binaries.
+TRAFFIC_FILE = "test_traffic_on_node.py"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -41,6 +43,10 @@ def _node_unavailable() -> str | None:
     return why
 
 
+def _traffic_unavailable() -> str | None:
+    return gateway.unavailable() or prometheus_server.unavailable()
+
+
 def _leave_out(
     config: pytest.Config, items: list[pytest.Item], folder: str, why: str | None, what: str
 ) -> None:
@@ -63,6 +69,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         )
     _leave_out(config, items, E2E_DIR, _e2e_unavailable(), "real control-plane tests not run")
     _leave_out(config, items, NODE_DIR, _node_unavailable(), "real-node tests not run")
+    _leave_out(config, items, TRAFFIC_FILE, _traffic_unavailable(), "gateway tests not run")
 
 
 _LEFT_OUT = pytest.StashKey[list[str]]()
