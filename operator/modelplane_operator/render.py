@@ -154,7 +154,8 @@ def _runtime_container(md: ModelDeployment, config: OperatorConfig) -> Obj:
         "imagePullPolicy": config.image_pull_policy,
         "command": [*facts.RUNTIME_COMMAND, "serve"],
         "ports": [
-            {"name": names.HTTP_PORT_NAME, "containerPort": facts.HTTP_PORT, "protocol": "TCP"}
+            {"name": names.HTTP_PORT_NAME, "containerPort": facts.HTTP_PORT, "protocol": "TCP"},
+            {"name": names.GRPC_PORT_NAME, "containerPort": facts.GRPC_PORT, "protocol": "TCP"},
         ],
         "env": [{"name": key, "value": value} for key, value in settings.to_env().items()],
         "resources": _resources(md, config, with_gpu=True),
@@ -358,7 +359,15 @@ def _service(md: ModelDeployment, kind: Kind) -> Obj:
                     "targetPort": names.HTTP_PORT_NAME,
                     "protocol": "TCP",
                     "appProtocol": "http",
-                }
+                },
+                {
+                    # The Open Inference Protocol over gRPC (cleartext HTTP/2).
+                    "name": names.GRPC_PORT_NAME,
+                    "port": facts.GRPC_PORT,
+                    "targetPort": names.GRPC_PORT_NAME,
+                    "protocol": "TCP",
+                    "appProtocol": "kubernetes.io/h2c",
+                },
             ],
         },
     }

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, NoReturn
@@ -201,6 +202,7 @@ class GrpcService:
         usage = consumer.usage() if consumer is not None else None
         response = b""
         outcome = "success"
+        started = time.perf_counter()
         engine.metrics.pending.inc()
         try:
             response = await self._answer(message, parsed, name, usage, context)
@@ -219,6 +221,7 @@ class GrpcService:
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
         finally:
             engine.metrics.pending.dec()
+            engine.metrics.request_seconds.observe(time.perf_counter() - started)
             if consumer is not None and usage is not None:
                 consumer.meter.record(
                     outcome,

@@ -47,6 +47,13 @@ _COMPUTE = Histogram(
     ["model"],
     buckets=_LATENCY_BUCKETS,
 )
+_REQUEST_SECONDS = Histogram(
+    facts.REQUEST_SECONDS_METRIC,
+    "Time from an inference request's arrival to its answer (or refusal), per model: the "
+    "latency canary analysis and the p99 alert read.",
+    ["model"],
+    buckets=_LATENCY_BUCKETS,
+)
 _BATCH = Histogram(
     "modelplane_batch_size", "Rows per onnxruntime run.", ["model"], buckets=_BATCH_BUCKETS
 )
@@ -125,6 +132,7 @@ class RuntimeMetrics:
         self.queue_seconds = _QUEUE.labels(model)
         self.compute_seconds = _COMPUTE.labels(model)
         self.batch_size = _BATCH.labels(model)
+        self.request_seconds = _REQUEST_SECONDS.labels(model)
         self.pending = _PENDING.labels(model)
         self.queue_full = _QUEUE_FULL.labels(model)
         self.memory_refused = _MEMORY_REFUSED.labels(model)

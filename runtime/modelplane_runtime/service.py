@@ -21,6 +21,7 @@ import contextlib
 import gc
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -143,6 +144,7 @@ async def infer(request: Request, engine: InferenceEngine) -> Response:
     usage = consumer.usage() if consumer is not None else None
     request_bytes = response_bytes = 0
     outcome = "success"
+    started = time.perf_counter()
     engine.metrics.pending.inc()
     try:
         _check_version(request)
@@ -189,6 +191,7 @@ async def infer(request: Request, engine: InferenceEngine) -> Response:
         raise
     finally:
         engine.metrics.pending.dec()
+        engine.metrics.request_seconds.observe(time.perf_counter() - started)
         if consumer is not None and usage is not None:
             consumer.meter.record(
                 outcome,

@@ -183,7 +183,13 @@ def test_probes_shutdown_and_security() -> None:
     assert runtime["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
     assert runtime["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
     assert runtime["startupProbe"]["httpGet"]["path"] == "/v2/health/live"
-    assert runtime["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert runtime["ports"] == [
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "grpc", "containerPort": 8081, "protocol": "TCP"},
+    ]
+    # The port the pod exposes for gRPC is the one the runtime serves it on.
+    settings = runtime_settings(parse_model_deployment(minimal()))
+    assert settings.grpc_port == runtime["ports"][1]["containerPort"]
     assert runtime["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
     assert pod["terminationGracePeriodSeconds"] > 120 + 5
     assert runtime["securityContext"]["readOnlyRootFilesystem"] is True
@@ -260,7 +266,13 @@ def test_rendered_env_is_exactly_what_the_runtime_reads() -> None:
 
 def test_service_and_url() -> None:
     objects = _render()
-    assert objects["Service"]["spec"]["ports"][0]["targetPort"] == "http"
+    http, grpc = objects["Service"]["spec"]["ports"]
+    assert (http["port"], http["targetPort"]) == (80, "http")
+    assert (grpc["port"], grpc["targetPort"], grpc["appProtocol"]) == (
+        8081,
+        "grpc",
+        "kubernetes.io/h2c",
+    )
     md = parse_model_deployment(minimal())
     assert service_url(md, CONFIG) == "http://demo.models.svc.cluster.local"
 

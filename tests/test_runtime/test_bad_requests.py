@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+import numpy as np
 import pytest
+import tritonclient.grpc as triton
 
 from modelplane_api.spec import parse_model_deployment
+from modelplane_operator.analysis import queries
 from modelplane_operator.config import OperatorConfig
-from modelplane_operator.render import render_hpa
+from modelplane_operator.render import Observed, render_hpa
 from modelplane_testkit.runtime_server import RuntimeServer
 from test_operator.samples import minimal
 
@@ -134,7 +138,30 @@ def test_the_hpa_scales_on_a_metric_this_runtime_serves(relu_server: RuntimeServ
     md = parse_model_deployment(
         minimal(autoscaling={"maxReplicas": 3, "metric": "pendingRequests"})
     )
-    hpa = render_hpa(md, OperatorConfig())
+    hpa = render_hpa(md, OperatorConfig(), Observed())
     assert hpa is not None
     name = hpa["spec"]["metrics"][0]["pods"]["metric"]["name"]
     assert f'{name}{{model="relu"}}' in relu_server.get("/metrics").text
+
+
+def test_canary_analysis_asks_about_metrics_this_runtime_serves(
+    relu_server: RuntimeServer,
+) -> None:
+    """Every series the operator's canary analysis queries is exported, and the latency
+    histogram counts each inference answered, refused or failed, over REST and over gRPC:
+    renaming a metric, or observing it on one path only, breaks this test."""
+    asked = queries('namespace="models",pod=~"demo-canary-.*"', 60)
+    names = {re.findall(r"(modelplane_\w+)\{", query)[0] for query in asked.values()}
+    count = "modelplane_request_seconds_count"
+    before = relu_server.metric(count, model="relu")
+    relu_server.post("/v2/models/relu/infer", json=_with())
+    relu_server.post("/v2/models/relu/infer", json=_with(name="nope"))  # a 400
+    client = triton.InferenceServerClient(url=relu_server.grpc_target)
+    rows = triton.InferInput("x", [1, 4], "FP32")
+    rows.set_data_from_numpy(np.ones((1, 4), dtype=np.float32))
+    client.infer("relu", [rows])
+    client.close()
+    assert relu_server.metric(count, model="relu") == before + 3
+    exported = relu_server.get("/metrics").text
+    for name in names:
+        assert f"{name}{{" in exported, name
