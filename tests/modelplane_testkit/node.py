@@ -58,7 +58,8 @@ NODE_IP = "10.244.0.1"
 POD_SUBNET = "10.244.0.0/24"
 SERVICE_RANGE = "10.96.0.0/12"  # the control plane's --service-cluster-ip-range
 PAUSE_IMAGE = "localhost/modelplane-e2e/pause:local"
-CGROUP_ROOT = "modelplane-e2e"
+# One per run: cgroups are not namespaced, and a run's teardown kills what is under its root.
+CGROUP_ROOT = f"modelplane-e2e-{os.getpid()}"
 START_TIMEOUT = 120.0
 # The kubelet sets these host-wide unless they already hold its values: inside the test's
 # mount namespace, files holding its values are bound over them, so the host keeps its own.
