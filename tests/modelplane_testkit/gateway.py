@@ -51,8 +51,8 @@ CRD_FILES = tuple(
 )
 HOW_TO_GET_THEM = (
     f"no gateway: needs a traefik v3 binary in {ASSETS_ENV} or {ASSETS_HOME}, and the Gateway "
-    f"API standard-channel CRDs (with backendtlspolicies and tlsroutes) in {CRDS_ENV} or "
-    f"{CRD_DIRS[0]}"
+    f"API standard-channel CRDs (with backendtlspolicies and tlsroutes) in {CRDS_ENV} or one "
+    f"of {', '.join(map(str, CRD_DIRS))}"
 )
 CONTROLLER_NAME = "traefik.io/gateway-controller"
 GATEWAY_CLASS = "traefik"

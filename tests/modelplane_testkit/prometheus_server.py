@@ -1,11 +1,13 @@
 """A real Prometheus for the node tests: Debian's ``prometheus`` binary as a host process.
 
-It discovers pods through the test's API server (``kubernetes_sd_configs``, role pod, as
-its administrator), keeps those annotated ``prometheus.io/scrape: "true"`` (the runtime's
-pods are), scrapes the annotated port and path every 2 s, and gives every series the
-``namespace`` and ``pod`` labels the operator's canary analysis asks about, as the
-kube-prometheus PodMonitor does. It listens on the node's bridge address, so the operator
-(a pod) reaches it; its storage is the test's temporary directory.
+It scrapes the pods annotated ``prometheus.io/scrape: "true"`` (the runtime's pods are) on
+their annotated port and path every 2 s, and gives every series the ``namespace`` and
+``pod`` labels the operator's canary analysis asks about, as a PodMonitor or the usual
+``kubernetes_sd_configs`` relabelling does. Debian builds Prometheus without the Kubernetes
+service discovery (2.42.0+ds: "field kubernetes_sd_configs not found"), so a thread here
+lists the pods from the test's API server every second and writes them to a
+``file_sd_configs`` file, which Prometheus watches. It listens on the node's bridge address,
+so the operator (a pod) reaches it; its storage is the test's temporary directory.
 
 The binary is found envtest's way: ``MODELPLANE_PROMETHEUS_ASSETS`` (a directory), else
 ``/usr/bin`` (Debian's package; only its binary is used, never its service).
@@ -14,8 +16,11 @@ The binary is found envtest's way: ``MODELPLANE_PROMETHEUS_ASSETS`` (a directory
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import socket
 import subprocess
+import threading
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +40,8 @@ HOW_TO_GET_THEM = (
     "prometheus`, then `systemctl disable --now prometheus`: only the binary is used)"
 )
 SCRAPE_INTERVAL = "2s"
+DISCOVERY_INTERVAL = 1.0  # seconds between pod lists
+ANNOTATION = "prometheus.io"
 START_TIMEOUT = 60.0
 
 
@@ -47,52 +54,66 @@ def unavailable() -> str | None:
     return HOW_TO_GET_THEM if find_prometheus() is None else None
 
 
-def scrape_config(api: ApiServer, token_file: Path) -> dict[str, Any]:
-    """prometheus.yml: annotated pods, with their namespace and pod as labels."""
-    tls = {"ca_file": str(api.ca_file)} if api.ca_file else {}
-    meta = "__meta_kubernetes_pod_annotation_prometheus_io"
+def scrape_config(targets: Path) -> dict[str, Any]:
+    """prometheus.yml: the pods :func:`pod_targets` wrote to ``targets``, scraped every 2 s."""
     return {
         "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
         "scrape_configs": [
             {
                 "job_name": "pods",
                 "scrape_timeout": SCRAPE_INTERVAL,
-                "kubernetes_sd_configs": [
-                    {
-                        "role": "pod",
-                        "api_server": api.server,
-                        "authorization": {"credentials_file": str(token_file)},
-                        "tls_config": tls,
-                    }
-                ],
-                "relabel_configs": [
-                    {"source_labels": [f"{meta}_scrape"], "action": "keep", "regex": "true"},
-                    # One target per pod, not one per declared container port.
-                    {
-                        "source_labels": [
-                            "__meta_kubernetes_pod_container_init",
-                            "__meta_kubernetes_pod_phase",
-                        ],
-                        "action": "keep",
-                        "regex": "false;Running",
-                    },
-                    {
-                        "source_labels": ["__address__", f"{meta}_port"],
-                        "regex": r"([^:]+)(?::\d+)?;(\d+)",
-                        "replacement": "$1:$2",
-                        "target_label": "__address__",
-                    },
-                    {
-                        "source_labels": [f"{meta}_path"],
-                        "regex": "(.+)",
-                        "target_label": "__metrics_path__",
-                    },
-                    {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
-                    {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
-                ],
+                "file_sd_configs": [{"files": [str(targets)], "refresh_interval": "5s"}],
             }
         ],
     }
+
+
+def pod_targets(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """file_sd target groups for running pods annotated ``prometheus.io/scrape: "true"``: the
+    annotated port and path, and ``namespace`` and ``pod`` labels, as the relabelling of a
+    ``kubernetes_sd_configs`` pod role (or a PodMonitor) gives them."""
+    groups = []
+    for pod in pods:
+        meta, status = pod["metadata"], pod.get("status", {})
+        annotations = meta.get("annotations") or {}
+        if annotations.get(f"{ANNOTATION}/scrape") != "true" or meta.get("deletionTimestamp"):
+            continue
+        if status.get("phase") != "Running" or not status.get("podIP"):
+            continue
+        port = annotations.get(f"{ANNOTATION}/port", "80")
+        labels = {"namespace": meta["namespace"], "pod": meta["name"]}
+        if path := annotations.get(f"{ANNOTATION}/path"):
+            labels["__metrics_path__"] = path
+        groups.append({"targets": [f"{status['podIP']}:{port}"], "labels": labels})
+    return sorted(groups, key=lambda group: group["targets"])
+
+
+class PodDiscovery(threading.Thread):
+    """Lists pods from the API server every second and rewrites the file_sd file when the
+    targets change (atomically: Prometheus watches the file)."""
+
+    def __init__(self, api: ApiServer, targets: Path) -> None:
+        super().__init__(name="prometheus-pod-discovery", daemon=True)
+        self.http = api.session()
+        self.url = f"{api.server}/api/v1/pods"
+        self.targets = targets
+        self.stopping = threading.Event()
+        self.written: list[dict[str, Any]] | None = None
+
+    def sync(self) -> None:
+        with contextlib.suppress(requests.RequestException, ValueError, KeyError):
+            answer = self.http.get(self.url, timeout=5)
+            if answer.status_code == 200:
+                found = pod_targets(answer.json()["items"])
+                if found != self.written:
+                    partial = self.targets.with_suffix(".partial")
+                    partial.write_text(json.dumps(found))
+                    partial.replace(self.targets)
+                    self.written = found
+
+    def run(self) -> None:
+        while not self.stopping.wait(DISCOVERY_INTERVAL):
+            self.sync()
 
 
 def _session() -> requests.Session:
@@ -122,19 +143,23 @@ class PrometheusServer:
 
 
 @contextlib.contextmanager
-def prometheus(
-    api: ApiServer, workdir: Path, address: str, port: int = 9090
-) -> Iterator[PrometheusServer]:
-    """Prometheus on ``address:port``; yields once it is ready."""
+def prometheus(api: ApiServer, workdir: Path, address: str) -> Iterator[PrometheusServer]:
+    """Prometheus on a free port of ``address``; yields once it is ready."""
     binary = find_prometheus()
     if binary is None:
         raise LookupError(HOW_TO_GET_THEM)
     workdir.mkdir(parents=True, exist_ok=True)
-    token_file = workdir / "token"
-    token_file.write_text(api.token or "")
-    token_file.chmod(0o600)
+    targets = workdir / "pods.json"
+    discovery = PodDiscovery(api, targets)
+    discovery.sync()
+    if discovery.written is None:
+        targets.write_text("[]")
+    discovery.start()
     config = workdir / "prometheus.yml"
-    config.write_text(yaml.safe_dump(scrape_config(api, token_file), sort_keys=False))
+    config.write_text(yaml.safe_dump(scrape_config(targets), sort_keys=False))
+    with socket.socket() as probe:
+        probe.bind((address, 0))
+        port = probe.getsockname()[1]
     argv = [
         str(binary),
         f"--config.file={config}",
@@ -161,6 +186,8 @@ def prometheus(
         wait_for(ready, "prometheus ready", START_TIMEOUT)
         yield server
     finally:
+        discovery.stopping.set()
+        discovery.join(timeout=10)
         if popen.poll() is None:
             popen.terminate()
         try:
