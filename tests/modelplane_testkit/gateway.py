@@ -7,7 +7,7 @@ admin kubeconfig) and forwards to the pods' addresses on the node's bridge. Its 
 entrypoint listens on the bridge address, so the Gateway's HTTP listener is
 ``http://NODE_IP:port``, reachable from the test process and from pods alike.
 
-The binary is found envtest's way: ``MODELPLANE_THIRDPARTY_ASSETS`` (a directory), else
+The binary is found envtest's way: ``MODELPLANE_THIRDPARTY_BIN`` (a directory), else
 ``~/.local/share/modelplane-thirdparty/bin``; the Gateway API CRDs (the standard channel,
 with BackendTLSPolicy and TLSRoute, which Traefik watches whether used or not) from
 ``MODELPLANE_GATEWAY_API_CRDS``, else the first of :data:`CRD_DIRS` that holds them all.
@@ -28,7 +28,7 @@ from modelplane_testkit.control_plane import ApiServer, Process
 from modelplane_testkit.operator_harness import wait_for
 from modelplane_testkit.real_cluster import RealCluster
 
-ASSETS_ENV = "MODELPLANE_THIRDPARTY_ASSETS"
+ASSETS_ENV = "MODELPLANE_THIRDPARTY_BIN"  # as keda_stack.py reads it
 ASSETS_HOME = Path.home() / ".local" / "share" / "modelplane-thirdparty" / "bin"
 CRDS_ENV = "MODELPLANE_GATEWAY_API_CRDS"
 _REPO = Path(__file__).resolve().parents[2]
