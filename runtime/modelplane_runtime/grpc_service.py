@@ -112,13 +112,13 @@ class GrpcService:
             ],
             maximum_concurrent_rpcs=settings.max_connections,
         )
-        methods: dict[str, Callable[[bytes, Any], Awaitable[bytes]]] = {
-            "ServerLive": self.server_live,
-            "ServerReady": self.server_ready,
-            "ServerMetadata": self.server_metadata,
-            "ModelReady": self.model_ready,
-            "ModelMetadata": self.model_metadata,
-            "ModelInfer": self.model_infer,
+        methods: dict[str, Callable[[bytes, Context], Awaitable[bytes]]] = {
+            "ServerLive": guarded(self.server_live),
+            "ServerReady": guarded(self.server_ready),
+            "ServerMetadata": guarded(self.server_metadata),
+            "ModelReady": guarded(self.model_ready),
+            "ModelMetadata": guarded(self.model_metadata),
+            "ModelInfer": self.model_infer,  # counts its own failures, bugs included
         }
         # No (de)serializers: each RPC gets its message's bytes and answers bytes (see above).
         handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {
@@ -287,6 +287,24 @@ class GrpcService:
         timeout = float(self.settings.request_timeout_seconds)
         remaining = context.time_remaining()
         return timeout if remaining is None else max(0.0, min(timeout, remaining))
+
+
+def guarded(
+    method: Callable[[bytes, Context], Awaitable[bytes]],
+) -> Callable[[bytes, Context], Awaitable[bytes]]:
+    """A bug in ``method`` is logged with its traceback and answered INTERNAL, as REST
+    answers 500: no exception text leaves the process (grpc would send it as UNKNOWN)."""
+
+    async def call(message: bytes, context: Context) -> bytes:
+        try:
+            return await method(message, context)
+        except grpc.aio.AbortError:  # an answer already given (_abort)
+            raise
+        except Exception:
+            log.exception("unhandled error in %s/%s", SERVICE, method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+
+    return call
 
 
 def _decode(message: bytes, parsed: Any, name: str) -> tuple[InferenceRequest, bool]:

@@ -4,6 +4,7 @@ message naming the input and the fix, the same limits and metrics as REST."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
+from modelplane_runtime.grpc_service import guarded
 from modelplane_testkit import onnx_models
 from modelplane_testkit.runtime_server import RuntimeServer
 
@@ -334,3 +336,33 @@ def test_a_triton_error_reads_as_its_status(relu_server: RuntimeServer) -> None:
         client.close()
     assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert "input 'x' has shape [1, 3]" in refused.value.message()
+
+
+class _Aborted(Exception):
+    pass
+
+
+class _Context:
+    """What guarded uses of grpc's servicer context."""
+
+    def __init__(self) -> None:
+        self.aborted: tuple[grpc.StatusCode, str] | None = None
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self.aborted = (code, details)
+        raise _Aborted
+
+
+def test_a_bug_is_answered_internal_with_no_exception_text() -> None:
+    async def broken(message: bytes, context: Any) -> bytes:
+        raise KeyError("secret detail")
+
+    async def refusing(message: bytes, context: Any) -> bytes:
+        raise grpc.aio.AbortError
+
+    context = _Context()
+    with pytest.raises(_Aborted):
+        asyncio.run(guarded(broken)(b"", context))  # type: ignore[arg-type]
+    assert context.aborted == (grpc.StatusCode.INTERNAL, "internal error; see the server log")
+    with pytest.raises(grpc.aio.AbortError):  # an answer given already passes through
+        asyncio.run(guarded(refusing)(b"", _Context()))  # type: ignore[arg-type]
