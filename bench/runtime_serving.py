@@ -160,6 +160,7 @@ def server_command(
             MODELPLANE_INTER_OP_THREADS="1",
             MODELPLANE_MAX_BATCH_SIZE="64",
             MODELPLANE_LOG_LEVEL="WARNING",
+            MODELPLANE_GRPC_PORT=str(free_port()),
         )
         command = [sys.executable, "-m", "modelplane_runtime", "serve", "--model", str(model)]
         return [*command, "--name", name, "--port", str(port)], env

@@ -92,6 +92,7 @@ def runtime(source: Path, model: Path, log: Path, access: Path | None = None) ->
         "MODELPLANE_INTER_OP_THREADS": "1",
         "MODELPLANE_MAX_BATCH_SIZE": "64",
         "MODELPLANE_LOG_LEVEL": "WARNING",
+        "MODELPLANE_GRPC_PORT": str(free_port()),  # two runtimes at once: not the default
     }
     command = [sys.executable, "-m", "modelplane_runtime", "serve", "--model", str(model)]
     if access is not None:
