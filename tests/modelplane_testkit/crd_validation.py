@@ -8,6 +8,7 @@ default since 1.27), then the CEL `x-kubernetes-validations` rules (cel-python).
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +40,22 @@ THIRD_PARTY_CRDS = REPO.parent / "shared" / "third-party-crds"
 
 def third_party_crd(api_version: str, kind: str) -> Path | None:
     """The upstream CRD file that defines ``kind`` in ``api_version``'s group, if present."""
-    group = api_version.split("/", maxsplit=1)[0]
+    return _third_party_index().get((api_version.split("/", maxsplit=1)[0], kind))
+
+
+@functools.cache
+def _third_party_index() -> dict[tuple[str, str], Path]:
+    """(group, kind) -> CRD file, read once: the Gateway API CRDs alone are megabytes."""
+    index: dict[tuple[str, str], Path] = {}
     for path in sorted(THIRD_PARTY_CRDS.glob("*/*.yaml")):
         spec = load_crd(path).get("spec") or {}
-        if spec.get("group") == group and (spec.get("names") or {}).get("kind") == kind:
-            return path
-    return None
+        index[(spec.get("group", ""), (spec.get("names") or {}).get("kind", ""))] = path
+    return index
+
+
+@functools.cache
+def _cached_schema(path: Path, version: str | None) -> dict[str, Any]:
+    return crd_schema(path, version)
 
 
 def _strict(schema: Any) -> Any:
@@ -74,6 +85,12 @@ def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
 _CEL = celpy.Environment()
 
 
+@functools.cache
+def _program(rule: str) -> Any:
+    """A CEL rule compiled once: the upstream CRDs (Gateway API) carry hundreds."""
+    return _CEL.program(_CEL.compile(rule))
+
+
 def _cel_errors(schema: dict[str, Any], value: Any, path: str, old: Any = None) -> list[str]:
     """CEL rules as the API server runs them; transition rules (oldSelf) only on updates."""
     errors: list[str] = []
@@ -85,8 +102,7 @@ def _cel_errors(schema: dict[str, Any], value: Any, path: str, old: Any = None) 
                 continue
             activation["oldSelf"] = celpy.json_to_cel(old)
         try:
-            program = _CEL.program(_CEL.compile(rule["rule"]))
-            ok = program.evaluate(activation)
+            ok = _program(rule["rule"]).evaluate(activation)
         except Exception as exc:  # noqa: BLE001 - any CEL failure rejects, as in the API server
             errors.append(f"{where}: rule {rule['rule']!r} failed to evaluate: {exc}")
             continue
@@ -114,8 +130,11 @@ def validate_against_crd(
 
     ``old`` is the stored object when this is an update (for transition rules).
     """
-    version = obj.get("apiVersion", "").rpartition("/")[2] if crd != CRD_FILE else None
-    schema = crd_schema(crd, version)
+    if crd.is_relative_to(THIRD_PARTY_CRDS):  # upstream files never change: parse once
+        version = obj.get("apiVersion", "").rpartition("/")[2]
+        schema = copy.deepcopy(_cached_schema(crd, version))
+    else:
+        schema = crd_schema(crd)
     value = apply_defaults(schema, copy.deepcopy(obj))
     if old is not None:
         old = apply_defaults(schema, copy.deepcopy(old))

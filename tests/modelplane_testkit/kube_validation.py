@@ -35,10 +35,11 @@ def problems_in(objects: list[dict[str, Any]]) -> list[str]:
     """Schema errors at the oldest and newest Kubernetes, Pod Security breaches, long names."""
     problems: list[str] = []
     for obj in objects:
-        crd = third_party_crd(obj["apiVersion"], obj["kind"])
+        foreign = obj["apiVersion"].startswith(FOREIGN_API_GROUPS)
+        crd = third_party_crd(obj["apiVersion"], obj["kind"]) if foreign else None
         if crd is not None:
             problems += [f"{crd.parent.name}: {e}" for e in validate_against_crd(obj, crd=crd)]
-        elif not obj["apiVersion"].startswith(FOREIGN_API_GROUPS):
+        elif not foreign:
             for version in VERSIONS:
                 problems += [f"k8s {version}: {e}" for e in schema_errors(obj, version)]
         else:

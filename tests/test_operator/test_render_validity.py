@@ -206,9 +206,12 @@ def model_deployments(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(model_deployments())
-def test_any_accepted_spec_renders_valid_restricted_objects(obj: dict[str, Any]) -> None:
+@given(model_deployments(), st.booleans())
+def test_any_accepted_spec_renders_valid_restricted_objects(
+    obj: dict[str, Any], progressed: bool
+) -> None:
     md = parse_model_deployment(obj)  # the strategy draws only specs the model accepts
     config = OperatorConfig(prometheus_url="http://prometheus.monitoring:9090")
-    for observed in (Observed(), Observed(canary_ready=True, model_on_canary=True)):
-        assert problems_in(render_children(md, config, observed)) == []
+    # A canary just created, or Ready with the model promoted onto its spec.
+    observed = Observed(canary_ready=progressed, model_on_canary=progressed)
+    assert problems_in(render_children(md, config, observed)) == []
