@@ -17,8 +17,15 @@ from modelplane_operator.yaml_text import dump_all
 SAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "samples"
 
 
+# What the chart's prometheus.url would say in a cluster with the Prometheus Operator: the
+# scale-to-zero and canary samples need one.
+DEMO_PROMETHEUS_URL = "http://prometheus-operated.monitoring:9090"
+
+
 def render_samples(out: list[str]) -> None:
     config = OperatorConfig()
+    if config.prometheus_url is None:
+        config = config.model_copy(update={"prometheus_url": DEMO_PROMETHEUS_URL})
     first: list[dict[str, object]] = []
     for path in sorted(SAMPLES.glob("*.yaml")):
         for md in load_model_deployments(path):
