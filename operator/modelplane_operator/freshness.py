@@ -10,7 +10,9 @@ A lookup returns the newer of what the cache (or the event) shows and what the
 operator last wrote, by resourceVersion. The API's contract calls
 resourceVersions opaque; every etcd-backed API server issues them as increasing
 integers, and where either is not an integer the cache wins. A record goes once
-the cache has caught up, or after ``ttl`` seconds whatever happens.
+the cache has caught up, when the watch echoes the write back (``echo``), or after
+``ttl`` seconds whatever happens: records past it are swept on the next write, so
+objects written once and never looked up again are not held for good.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class RecentWrites:
         self._clock = clock
         self._guard = threading.Lock()
         self._records: dict[Key, _Record] = {}
+        self._swept = clock()
 
     def applied(self, key: Key, obj: Obj) -> None:
         self._put(key, _Record(obj, deleted=False, at=self._clock()))
@@ -58,6 +61,24 @@ class RecentWrites:
     def _put(self, key: Key, record: _Record) -> None:
         with self._guard:
             self._records[key] = record
+            if record.at - self._swept > self._ttl:
+                self._swept = record.at
+                for old in [k for k, r in self._records.items() if record.at - r.at > self._ttl]:
+                    del self._records[old]
+
+    def echo(self, key: Key, seen: Obj) -> bool:
+        """Is ``seen`` (a watch event's object) exactly what the operator last applied? Then
+        the reconcile that applied it has seen it already, and the record goes: the cache
+        (kopf indexes an event before its handlers run) holds it now."""
+        with self._guard:
+            record = self._records.get(key)
+            if record is None or record.deleted:
+                return False
+            mine, theirs = _version(record.obj), _version(seen)
+            if mine is None or mine != theirs or _uid(record.obj) != _uid(seen):
+                return False
+            del self._records[key]
+            return True
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop every record of the children named ``name`` (they share their owner's name)."""

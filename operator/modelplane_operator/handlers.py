@@ -49,11 +49,13 @@ def stop(memo: kopf.Memo, **_: Any) -> None:
 # --- indexes: the watch cache reconcile reads instead of GETs --------------------------------
 
 
-def by_name(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
+# Index functions are async (they only serialize): run on the event loop, not queued for
+# a worker thread behind reconciles, holding their event meanwhile.
+async def by_name(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
     return {(namespace, name): snapshot(body)}
 
 
-def by_owner(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
+async def by_owner(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
     return {(namespace, labels.get(names.LABEL_INSTANCE, "")): snapshot(body)}
 
 
@@ -63,7 +65,7 @@ for _child in WATCHED_CHILDREN:
 kopf.index(*_resource(PODS), id=PODS.index, labels=RUNTIME_PODS)(by_owner)
 
 
-def by_namespace(namespace: str | None, body: kopf.Body, **_: Any) -> Any:
+async def by_namespace(namespace: str | None, body: kopf.Body, **_: Any) -> Any:
     return {namespace: snapshot(body)}
 
 

@@ -58,10 +58,13 @@ def on_child_event(event: kopf.RawEvent, memo: kopf.Memo, indexes: Mapping[str, 
     kind = obj.get("kind", "")
     override: Override | None = None
     if kind in BY_KIND and kind != PODS.kind:
-        # The event is fresher than the index: a deleted child is gone even if still indexed.
         deleted = event["type"] == "DELETED"
+        where = (kind, key[0], meta.get("name", ""))
+        if not deleted and memo.recent.echo(where, obj):
+            return  # our own apply coming back: the reconcile that made it saw it
+        # The event is fresher than the index: a deleted child is gone even if still indexed.
         override = (
-            (kind, key[0], meta.get("name", "")),
+            where,
             None if deleted else copy.deepcopy(dict(obj)),
             dict(obj) if deleted else None,
         )
@@ -81,8 +84,11 @@ def on_model_deployment_event(
     namespace = event["object"].get("metadata", {}).get("namespace", "")
     if event["type"] == "DELETED":  # one without children has no child event to forget it
         forget_model_deployment(namespace, event["object"].get("metadata", {}).get("name", ""))
+    consumers = consumers_in(indexes, namespace)
+    if not consumers:
+        return  # else every model of the namespace is parsed per event: O(N^2) on a create burst
     models = models_by_access(indexes, namespace)
-    for consumer in consumers_in(indexes, namespace):
+    for consumer in consumers:
         key = consumer_key(namespace, consumer["metadata"]["name"])
         _attempt_consumer(memo, indexes, key, consumer, reject=False, models=models)
 
