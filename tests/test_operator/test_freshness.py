@@ -84,3 +84,39 @@ def test_forget_drops_every_child_of_a_model_deployment() -> None:
     assert recent.fresher(KEY, None) is None
     assert recent.fresher(("Service", "models", "demo"), None) is None
     assert recent.fresher(("Service", "models", "other"), None) == APPLIED
+
+
+@pytest.mark.parametrize(
+    ("seen", "echo"),
+    [
+        (_obj("20"), True),  # the watch bringing our own apply back
+        (_obj("25", image="edited"), False),  # someone else's change after ours
+        (_obj("15", image="old"), False),  # an older event still in flight
+        (_obj("20", uid="u2"), False),  # a re-created object that happens to share the version
+    ],
+    ids=["ours", "later edit", "older", "other uid"],
+)
+def test_only_the_exact_echo_of_an_apply_is_ours(seen: Any, echo: bool) -> None:
+    recent = RecentWrites()
+    recent.applied(KEY, APPLIED)
+    assert recent.echo(KEY, seen) is echo
+    # An echo ends the record (the cache has the object); anything else leaves it.
+    assert recent.fresher(KEY, _obj("15", image="old")) == (
+        _obj("15", image="old") if echo else APPLIED
+    )
+
+
+def test_a_deletion_has_no_echo() -> None:
+    recent = RecentWrites()
+    recent.deleted(KEY, APPLIED)
+    assert recent.echo(KEY, _obj("20")) is False
+
+
+def test_expired_records_are_swept_by_the_next_write_without_a_lookup() -> None:
+    now = [0.0]
+    recent = RecentWrites(ttl=60, clock=lambda: now[0])
+    recent.applied(KEY, APPLIED)  # written once, never looked up again
+    now[0] = 61.0
+    recent.applied(("Service", "models", "other"), APPLIED)
+    assert KEY not in recent._records
+    assert ("Service", "models", "other") in recent._records
