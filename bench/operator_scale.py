@@ -195,10 +195,7 @@ def measure_real(count: int, assets: Path) -> dict[str, Any]:
         try:
             cluster = RealCluster(server)
             server.kubectl("apply", "--server-side", "-f", str(REPO / "manifests" / "crds"))
-            server.kubectl(
-                "wait", "--for", "condition=established", "--timeout=60s",
-                "crd/modeldeployments.modelplane.io",
-            )  # fmt: skip
+            server.wait_established("modeldeployments.modelplane.io")
             cluster.namespace(NAMESPACE)
 
             def reconciled() -> bool:

@@ -52,13 +52,13 @@ SOURCES = ("runtime", "api")
 Target = tuple[str, str | None]  # an inference URL, and the key to send (None: none)
 
 
-def access_file(folder: Path) -> tuple[Path, str]:
+def access_file(folder: Path, model: str) -> tuple[Path, str]:
     """One consumer, granted the model, with limits far above what the bench sends (so
     every request pays for the bucket, and none is refused)."""
     key = new_key()
     consumer = {
         "name": "bench",
-        "models": ["tiny"],
+        "models": [model],
         "keys": [{"sha256": key_digest(key)}],
         "limits": {"requestsPerSecond": 1_000_000, "burst": 1_000_000, "rowsPerSecond": 1e9},
     }
@@ -83,7 +83,9 @@ def baseline_tree(revision: str, into: Path) -> Path:
 
 
 @contextlib.contextmanager
-def runtime(source: Path, model: Path, log: Path, access: Path | None = None) -> Iterator[str]:
+def runtime(
+    source: Path, model: Path, log: Path, access: Path | None = None, name: str = "tiny"
+) -> Iterator[str]:
     port = free_port()
     env = {
         **os.environ,
@@ -99,7 +101,7 @@ def runtime(source: Path, model: Path, log: Path, access: Path | None = None) ->
         command += ["--access", str(access)]
     with log.open("wb") as output:
         process = subprocess.Popen(
-            ["taskset", "-c", SERVER_CORE, *command, "--name", "tiny", "--port", str(port)],
+            ["taskset", "-c", SERVER_CORE, *command, "--name", name, "--port", str(port)],
             env=env,
             stdout=output,
             stderr=subprocess.STDOUT,
@@ -108,7 +110,7 @@ def runtime(source: Path, model: Path, log: Path, access: Path | None = None) ->
         base = f"http://127.0.0.1:{port}"
         try:
             wait_ready(base, process, log)
-            yield f"{base}/v2/models/tiny/infer"
+            yield f"{base}/v2/models/{name}/infer"
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
@@ -146,24 +148,25 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=int, default=5, help="per round")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--model", choices=list(MODELS), default="tiny")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     started = time.monotonic()
     rows = []
     with tempfile.TemporaryDirectory() as temporary:
         work = Path(temporary)
-        model = make_mlp(work / "tiny.onnx", MODELS["tiny"])
+        model = make_mlp(work / f"{args.model}.onnx", MODELS[args.model])
         body_file = work / "body.json"
-        body_file.write_bytes(request_body(MODELS["tiny"][0]))
+        body_file.write_bytes(request_body(MODELS[args.model][0]))
         key: str | None = None
         if args.restricted:
-            revision, old, (access, key) = "open", REPO, access_file(work)
+            revision, old, (access, key) = "open", REPO, access_file(work, args.model)
         else:
             revision = _short(args.baseline)
             old, access = baseline_tree(revision, work / "baseline"), None
         with (
-            runtime(old, model, work / "baseline.log") as old_url,
-            runtime(REPO, model, work / "this.log", access) as new_url,
+            runtime(old, model, work / "baseline.log", name=args.model) as old_url,
+            runtime(REPO, model, work / "this.log", access, args.model) as new_url,
         ):
             targets: tuple[Target, Target] = ((old_url, None), (new_url, key))
             for concurrency in args.concurrency:
@@ -185,10 +188,13 @@ def main() -> int:
                     }
                 )
     name = "runtime_access_cost.json" if args.restricted else "runtime_versus.json"
+    if args.model != "tiny":
+        name = name.replace(".json", f"_{args.model}.json")
     args.output = args.output or RESULTS / name
     report = {
         "baseline": revision,
         "this": _describe_tree() + (" restricted (one consumer's key)" if args.restricted else ""),
+        "model": args.model,
         "method": "both runtimes on core 0 at once, one wrk -t1 each on core 1",
         "rounds": args.rounds,
         "seconds_per_round": args.seconds,

@@ -112,6 +112,18 @@ class ApiServer:
         )
         return path
 
+    def wait_established(self, *crds: str, timeout: float = 60.0) -> None:
+        """Until each CRD says Established. Not `kubectl wait --for condition=established`:
+        on a CRD just created, before its status has conditions, kubectl 1.36 fails at once
+        (".status.conditions accessor error: <nil>") instead of waiting."""
+        deadline = time.monotonic() + timeout
+        for crd in crds:
+            query = '{.status.conditions[?(@.type=="Established")].status}'
+            while self.kubectl("get", f"crd/{crd}", "-o", f"jsonpath={query}").strip() != "True":
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"CRD {crd} not established after {timeout:.0f}s")
+                time.sleep(0.2)
+
     def kubectl(self, *args: str, kubeconfig: Path | None = None, stdin: str | None = None) -> str:
         binary = (self.assets / "kubectl") if self.assets else _kubectl()
         result = subprocess.run(

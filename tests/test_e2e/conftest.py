@@ -77,10 +77,7 @@ def helm_install(server: ApiServer, release: str, values: dict[str, object] | No
 def installed(api_server: ApiServer) -> ApiServer:
     """The chart installed with default values: CRD, ServiceAccount, ClusterRole, binding."""
     helm_install(api_server, helm.RELEASE)
-    api_server.kubectl(
-        "wait", "--for", "condition=established", "--timeout=30s",
-        "crd/modeldeployments.modelplane.io", "crd/modelconsumers.modelplane.io",
-    )  # fmt: skip
+    api_server.wait_established("modeldeployments.modelplane.io", "modelconsumers.modelplane.io")
     return api_server
 
 

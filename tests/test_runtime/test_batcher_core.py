@@ -99,3 +99,35 @@ def test_the_queue_limit_defaults_to_a_few_batches() -> None:
     assert RuntimeSettings(max_batch_size=16).queue_limit == 8 * 16
     assert RuntimeSettings(max_batch_size=1).queue_limit == 64, "batching off: still a queue"
     assert RuntimeSettings(max_batch_size=16, max_queued_requests=5).queue_limit == 5
+
+
+def test_clients_that_wait_for_their_answers_fill_whole_batches(tmp_path: Any) -> None:
+    """Eight closed-loop clients, each sending its next request a moment after its answer
+    (client i after i x 0.5 ms: writing the answer, the network, decoding the next one).
+    Running whatever is queued when the lane frees splits them: the first client back runs
+    alone while the other seven queue. Waiting (at most a typical run) for as many requests
+    as were recently in the engine keeps all eight together. Catches that wait removed."""
+    path = onnx_models.slow_loop(tmp_path / "slow.onnx", width=64, iterations=6000)
+    model = OnnxModel.load(RuntimeSettings(model_name="slow", model_path=path, intra_op_threads=1))
+    metrics = RuntimeMetrics("closed-loop")
+    batcher = Batcher(model, max_batch_size=64, max_latency_ms=1000, metrics=metrics, max_queued=64)
+    clients, rounds = 8, 12
+    row = {"x": np.ones((1, 64), dtype=np.float32)}
+
+    async def client(index: int) -> None:
+        for _ in range(rounds):
+            await batcher.infer(row)
+            await asyncio.sleep(index * 0.0005)
+
+    async def scenario() -> None:
+        batcher.start()
+        try:
+            await asyncio.wait_for(asyncio.gather(*(client(i) for i in range(clients))), 120)
+        finally:
+            await batcher.stop()
+
+    asyncio.run(scenario())
+    runs, rows = _batch_sizes(metrics)
+    assert rows == clients * rounds
+    # The first rounds learn the peak; after that, one run per round.
+    assert runs <= rounds + 4, f"{runs:.0f} runs for {rounds} rounds of {clients} clients"
