@@ -61,14 +61,6 @@ class OperatorConfig(BaseSettings):
         description="The add-on's external scaler, as SERVICE.NAMESPACE:PORT: KEDA asks it how "
         "many requests the interceptor holds.",
     )
-    workers: int = Field(
-        default=50,
-        ge=1,
-        le=10000,
-        description="How many objects kopf processes at once. Unbounded, a burst (10,000 "
-        "ModelDeployments created or listed at start-up) gets a worker each, holding its event "
-        "and kopf's per-worker state while it waits for a thread: memory grows with the burst.",
-    )
     metrics_port: int = Field(default=9090, ge=0, le=65535, description="0 turns it off.")
     metrics_address: str = "0.0.0.0"  # noqa: S104 - the pod's network namespace
 

@@ -48,11 +48,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, handler_ids: Ite
     # that a namespaced install must not have, and the operator's kinds are fixed.
     # Which namespaces are watched is kopf's own --namespace/--all-namespaces.
     settings.scanning.disabled = True
-    # Bounded workers that leave soon after their object goes quiet: at 500 ModelDeployments
-    # created at once, 51 KiB of resident memory each and 9.2 s to reconcile all, against
-    # 185 KiB and 11.7 s unbounded (kopf's defaults: no limit, 5 s idle; bench/operator_scale.py).
-    settings.queueing.worker_limit = config.workers
-    settings.queueing.idle_timeout = 0.3
+    # No settings.queueing.worker_limit, though a create burst would hold a quarter of the
+    # memory with one: kopf's workers wait for every indexed object to be indexed before
+    # running handlers, so with more objects listed at start than the limit, the workers
+    # holding the slots wait for objects that never get one (seen: 1,000 ModelDeployments,
+    # limit 50, nothing reconciled in 7 minutes).
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
