@@ -50,6 +50,7 @@ class ChildResult:
 
 
 LiveLookup = Callable[[str, str, str], "Obj | None"]
+WriteNotice = Callable[[str, "ChildResult"], None]  # namespace, what was written
 
 
 def is_controlled_by(obj: Mapping[str, Any], owner_uid: str) -> bool:
@@ -67,13 +68,15 @@ def apply_children(
     *,
     live: LiveLookup,
     cached: LiveLookup,
+    written: WriteNotice = lambda namespace, result: None,
 ) -> list[ChildResult]:
     """Make the cluster hold ``desired`` and not ``unwanted`` (kind, namespace, name).
 
     ``live`` finds any current object (watch cache, else the API: a child in the
     way may carry none of our labels); ``cached`` only the ones the operator
     labelled, which is all it may delete. Nothing is written when any desired
-    child is taken by someone else.
+    child is taken by someone else. ``written`` hears of each write as it returns, before
+    the next one: the watch may bring it back while this reconcile still runs.
     """
     current = [
         (obj, live(obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]))
@@ -99,6 +102,7 @@ def apply_children(
         outcome = Outcome.CREATED if found is None else Outcome.UPDATED
         log.info("%s %s/%s %s", obj["kind"], obj["metadata"]["namespace"], name, outcome.value)
         results.append(ChildResult(obj["kind"], name, outcome, applied))
+        written(obj["metadata"]["namespace"], results[-1])
     for kind, namespace, name in unwanted:
         found = cached(kind, namespace, name)
         if found is None or not is_controlled_by(found, owner_uid):
@@ -106,6 +110,7 @@ def apply_children(
         if api.delete(kind, namespace, name):
             log.info("%s %s/%s deleted", kind, namespace, name)
             results.append(ChildResult(kind, name, Outcome.DELETED, found))
+            written(namespace, results[-1])
     return results
 
 

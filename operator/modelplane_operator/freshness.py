@@ -11,8 +11,8 @@ operator last wrote, by resourceVersion. The API's contract calls
 resourceVersions opaque; every etcd-backed API server issues them as increasing
 integers, and where either is not an integer the cache wins. A record goes once
 the cache has caught up, when the watch echoes the write back (``echo``), or after
-``ttl`` seconds whatever happens: records past it are swept on the next write, so
-objects written once and never looked up again are not held for good.
+``ttl`` seconds whatever happens: records past it are swept on the next write or
+event, so objects written once and never looked up again are not held for good.
 """
 
 from __future__ import annotations
@@ -61,16 +61,21 @@ class RecentWrites:
     def _put(self, key: Key, record: _Record) -> None:
         with self._guard:
             self._records[key] = record
-            if record.at - self._swept > self._ttl:
-                self._swept = record.at
-                for old in [k for k, r in self._records.items() if record.at - r.at > self._ttl]:
-                    del self._records[old]
+            self._sweep(record.at)
+
+    def _sweep(self, now: float) -> None:
+        """Drop records past the TTL, at most once a TTL (the guard is held)."""
+        if now - self._swept > self._ttl:
+            self._swept = now
+            for old in [k for k, r in self._records.items() if now - r.at > self._ttl]:
+                del self._records[old]
 
     def echo(self, key: Key, seen: Obj) -> bool:
         """Is ``seen`` (a watch event's object) exactly what the operator last applied? Then
         the reconcile that applied it has seen it already, and the record goes: the cache
         (kopf indexes an event before its handlers run) holds it now."""
         with self._guard:
+            self._sweep(self._clock())
             record = self._records.get(key)
             if record is None or record.deleted:
                 return False

@@ -28,7 +28,13 @@ from modelplane_api.spec import (
     parse_model_deployment,
 )
 from modelplane_operator import kinds
-from modelplane_operator.applier import ChildResult, LiveLookup, Outcome, apply_children
+from modelplane_operator.applier import (
+    ChildResult,
+    LiveLookup,
+    Outcome,
+    WriteNotice,
+    apply_children,
+)
 from modelplane_operator.canary import CanaryState, observe_canary
 from modelplane_operator.config import OperatorConfig
 from modelplane_operator.kube import ApiError, KubeApi
@@ -86,6 +92,7 @@ class ClusterView:
     cached: LiveLookup
     pods: Callable[[str, str], Sequence[Obj]]
     consumers: Callable[[str], Sequence[Obj]] = lambda namespace: ()
+    written: WriteNotice = lambda namespace, result: None  # what reads must see from now on
 
 
 @dataclass(frozen=True)
@@ -197,7 +204,13 @@ def _reconcile(
     unwanted = _unwanted(desired, namespace, name)
     try:
         children = apply_children(
-            api, meta["uid"], desired, unwanted, live=cluster.child, cached=cluster.cached
+            api,
+            meta["uid"],
+            desired,
+            unwanted,
+            live=cluster.child,
+            cached=cluster.cached,
+            written=cluster.written,
         )
     except ApiError as exc:
         failure = _apply_failed(exc, api, config, desired, lambda p: write_status(p, url, model))

@@ -18,7 +18,6 @@ from typing import Any
 import kopf
 
 from modelplane_api import names
-from modelplane_operator.applier import Outcome
 from modelplane_operator.consumers import reconcile_consumer
 from modelplane_operator.freshness import RecentWrites
 from modelplane_operator.kinds import BY_KIND, MODEL_CONSUMER, PODS
@@ -257,20 +256,13 @@ def _reconcile(
         def remember(status: Obj) -> None:
             memo.written[key] = (body["metadata"].get("uid"), status)
 
-        result = reconcile(
+        return reconcile(
             current,
             memo.api,
             memo.config,
             cluster_view(memo.api, recent, indexes, override, gone_consumer),
             on_status_written=remember,
         )
-        for child in result.children:
-            where = (child.kind, key[0], child.name)
-            if child.outcome is Outcome.DELETED and child.live is not None:
-                recent.deleted(where, child.live)
-            elif child.wrote and child.live:
-                recent.applied(where, child.live)
-        return result
 
 
 def forget(key: Key, memo: kopf.Memo) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import kopf
 
 from modelplane_api.spec import InvalidSpecError, parse_model_deployment
+from modelplane_operator.applier import ChildResult, Outcome
 from modelplane_operator.freshness import RecentWrites
 from modelplane_operator.kinds import BY_KIND, MODEL_CONSUMER, MODEL_DEPLOYMENT, PODS
 from modelplane_operator.kube import KubeApi
@@ -124,4 +125,13 @@ def cluster_view(
     def consumers(namespace: str) -> Sequence[Obj]:
         return consumers_in(indexes, namespace, gone_consumer)
 
-    return ClusterView(child=child, cached=cached, pods=pods, consumers=consumers)
+    def written(namespace: str, result: ChildResult) -> None:
+        if result.live is None:
+            return
+        where = (result.kind, namespace, result.name)
+        if result.outcome is Outcome.DELETED:
+            recent.deleted(where, result.live)
+        elif result.wrote:
+            recent.applied(where, result.live)
+
+    return ClusterView(child=child, cached=cached, pods=pods, consumers=consumers, written=written)
