@@ -36,9 +36,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from runtime_serving import CLIENT_CORE, MODELS, RESULTS, SERVER_CORE, make_mlp, wait_ready
+from runtime_serving import (
+    CLIENT_CORE,
+    MODELS,
+    RESULTS,
+    SERVER_CORE,
+    make_mlp,
+    rest_binary_body,
+    row,
+    wait_ready,
+)
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -50,30 +57,6 @@ from modelplane_testkit.runtime_server import free_port  # noqa: E402
 GRPC_PATH = "/inference.GRPCInferenceService/ModelInfer"
 LOADS = ("rest-binary", "grpc-1-connection", "grpc-1-connection-per-call")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def row(width: int) -> np.ndarray[Any, Any]:
-    return np.random.default_rng(1).standard_normal((1, width)).astype(np.float32)
-
-
-def rest_binary_body(width: int) -> tuple[bytes, int]:
-    """A request in the binary tensor extension asking for a binary answer, and the length
-    of its JSON header."""
-    data = row(width).tobytes()
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "input",
-                    "shape": [1, width],
-                    "datatype": "FP32",
-                    "parameters": {"binary_data_size": len(data)},
-                }
-            ],
-            "outputs": [{"name": "output", "parameters": {"binary_data": True}}],
-        }
-    ).encode()
-    return header + data, len(header)
 
 
 def grpc_body(name: str, width: int) -> bytes:
