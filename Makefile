@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 CODE := $(wildcard api operator runtime tests bench)
 
-.PHONY: demo test lint typecheck unit crd manifests golden promtool bench bench-versus bench-access bench-large bench-operator bench-operator-real clean e2e e2e-node images
+.PHONY: demo test lint typecheck unit crd manifests golden promtool bench bench-open-loop bench-versus bench-access bench-large bench-operator bench-operator-real clean e2e e2e-node images
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "modelplane needs Python 3.11+")'
@@ -74,14 +74,22 @@ bench-operator-real: $(STAMP)
 	$(BIN)/python bench/operator_scale.py --target real
 
 # Runtime serving: this runtime vs raw onnxruntime, bare Starlette, KServe, MLServer (~10 min;
-# then what oversized and hostile requests cost it, bench/runtime_limits.py, ~1 min;
-# peers go into bench/.peers on first use). Needs wrk (Debian) and two cores.
+# then the open-loop figures, bench/runtime_open_loop.py, ~7 min; then what oversized and
+# hostile requests cost it, bench/runtime_limits.py, ~1 min; peers go into bench/.peers on
+# first use). Needs wrk (Debian) and two cores.
 bench: $(STAMP)
 	@command -v wrk >/dev/null || { echo "installing wrk from Debian"; apt-get install -y -q wrk >/dev/null; }
 	@$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[bench]' \
 		2> >(grep -v -e 'is ignored: it is neither' -e 'BuildBackendWarning' >&2 || true)
 	$(BIN)/python bench/runtime_serving.py
+	$(BIN)/python bench/runtime_open_loop.py
 	$(BIN)/python bench/runtime_limits.py
+
+# Open loop alone: Poisson arrivals, latency from the intended send time; per server, model and
+# protocol the highest rate whose p99 stays under the bound (~7 min on a quiet machine; longer
+# while other work shares it. QUICK=1: shorter steps, about half, into a .tmp results file).
+bench-open-loop: $(STAMP)
+	$(BIN)/python bench/runtime_open_loop.py $(if $(QUICK),--quick)
 
 # This tree's runtime against an earlier revision's, both on one core at once (~2 min):
 #   make bench-versus BASELINE=d154a1c
