@@ -17,10 +17,12 @@ from typing import Any
 import kopf
 
 from modelplane_api import names
-from modelplane_operator import kopf_setup, triggers
+from modelplane_operator import kopf_setup, kopf_toggles, triggers
 from modelplane_operator.kinds import MODEL_CONSUMER, MODEL_DEPLOYMENT, PODS, WATCHED_CHILDREN, Kind
 from modelplane_operator.reconcile import SpecRejected
 from modelplane_operator.watch_cache import snapshot
+
+kopf_toggles.notify_only_on_change()
 
 OURS = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
 RUNTIME_PODS = {names.LABEL_NAME: names.APP_NAME}
