@@ -74,14 +74,17 @@ bench-operator-real: $(STAMP)
 	$(BIN)/python bench/operator_scale.py --target real
 
 # Runtime serving: this runtime vs raw onnxruntime, bare Starlette, KServe, MLServer (~10 min;
-# then the open-loop figures, bench/runtime_open_loop.py, ~7 min; then what oversized and
-# hostile requests cost it, bench/runtime_limits.py, ~1 min; peers go into bench/.peers on
-# first use). Needs wrk (Debian) and two cores.
+# then gRPC against REST binary, bench/runtime_grpc.py, ~3 min; then the open-loop figures,
+# bench/runtime_open_loop.py, ~7 min; then what oversized and hostile requests cost it,
+# bench/runtime_limits.py, ~1 min; peers go into bench/.peers on first use). Needs wrk and
+# h2load (Debian) and two cores.
 bench: $(STAMP)
 	@command -v wrk >/dev/null || { echo "installing wrk from Debian"; apt-get install -y -q wrk >/dev/null; }
+	@command -v h2load >/dev/null || { echo "installing h2load from Debian"; apt-get install -y -q nghttp2-client >/dev/null; }
 	@$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[bench]' \
 		2> >(grep -v -e 'is ignored: it is neither' -e 'BuildBackendWarning' >&2 || true)
 	$(BIN)/python bench/runtime_serving.py
+	$(BIN)/python bench/runtime_grpc.py --rounds 3
 	$(BIN)/python bench/runtime_open_loop.py
 	$(BIN)/python bench/runtime_limits.py
 
