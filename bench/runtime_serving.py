@@ -492,6 +492,7 @@ def main() -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print_table(report)
+    print("\nREADME table (requests/s / p99 ms):\n" + markdown_table(report))
     draw(report, args.output.with_suffix(".png"))
     print(f"\nwrote {args.output} and {args.output.with_suffix('.png')}")
     return 0
@@ -652,6 +653,34 @@ def print_table(report: dict[str, Any]) -> None:
     print("\ntargets:")
     for check in report["targets"]:
         print(f"  [{'met' if check['met'] else 'MISSED'}] {check['target']}: {check['measured']}")
+
+
+COLUMNS = {
+    "modelplane": "modelplane JSON",
+    "modelplane-binary": "modelplane binary",
+    "bare-starlette": "bare Starlette (floor)",
+    "kserve": "KServe",
+    "mlserver": "MLServer",
+}
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """The README's table: requests/s / p99 ms per model, concurrency and server."""
+    points = {(p["server"], p["model"], p["concurrency"]): p for p in report["points"]}
+    servers = [s for s in COLUMNS if any(key[0] == s for key in points)]
+    lines = [
+        "| model | concurrency | " + " | ".join(COLUMNS[s] for s in servers) + " |",
+        "|---|---|" + "---|" * len(servers),
+    ]
+    for model, concurrency in sorted(
+        {(key[1], key[2]) for key in points}, key=lambda mc: (list(MODELS).index(mc[0]), mc[1])
+    ):
+        cells = []
+        for server in servers:
+            point = points.get((server, model, concurrency))
+            cells.append(f"{point['requests_per_s']:.0f} / {point['p99_ms']:.1f}" if point else "-")
+        lines.append(f"| {model} | {concurrency} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def draw(report: dict[str, Any], path: Path) -> None:
