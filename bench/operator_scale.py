@@ -125,7 +125,7 @@ class Operator:
     def reconciles(self, outcome: str) -> float:
         try:
             text = requests.get(f"http://127.0.0.1:{self.metrics}/metrics", timeout=5).text
-        except requests.ConnectionError:
+        except requests.RequestException:  # not up yet, or too busy to answer in time
             return 0.0
         for line in text.splitlines():
             if line.startswith(f'modelplane_operator_reconciles_total{{outcome="{outcome}"}}'):
