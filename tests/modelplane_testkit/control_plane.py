@@ -117,9 +117,16 @@ class ApiServer:
         on a CRD just created, before its status has conditions, kubectl 1.36 fails at once
         (".status.conditions accessor error: <nil>") instead of waiting."""
         deadline = time.monotonic() + timeout
+
+        def established(crd: str) -> bool:
+            status = json.loads(self.kubectl("get", f"crd/{crd}", "-o", "json")).get("status", {})
+            return any(
+                c.get("type") == "Established" and c.get("status") == "True"
+                for c in status.get("conditions") or []
+            )
+
         for crd in crds:
-            query = '{.status.conditions[?(@.type=="Established")].status}'
-            while self.kubectl("get", f"crd/{crd}", "-o", f"jsonpath={query}").strip() != "True":
+            while not established(crd):
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"CRD {crd} not established after {timeout:.0f}s")
                 time.sleep(0.2)
