@@ -422,8 +422,9 @@ class Batching(SpecModel):
         default=facts.MAX_LATENCY_MS,
         ge=0,
         le=facts.MAX_LATENCY_MS_LIMIT,
-        description="Longest a batch waits for requests already arriving, in milliseconds; "
-        "a lone request never waits.",
+        description="Longest a batch waits for company, in milliseconds: for requests "
+        "already arriving, and (at most one typical run) for as many as were recently in "
+        "flight at once; a lone request never waits.",
     )
     max_queued_requests: int | None = Field(
         default=None,
