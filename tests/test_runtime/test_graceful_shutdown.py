@@ -8,6 +8,7 @@ import json
 import signal
 import socket
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,11 +27,15 @@ from modelplane_testkit.runtime_server import RuntimeServer
 
 IN_FLIGHT = 12
 ROWS = 64
+LONG_TRIPS = 10000  # several seconds on one thread: the lane is busy while the rest queue
+SHORT_TRIPS = 25
 
 
 def test_sigterm_loses_no_request_in_flight(tmp_path: Path, logs: Path) -> None:
-    # ~1 s per request on one thread: most are still queued when SIGTERM lands.
-    model = onnx_models.slow_loop(tmp_path / "slow.onnx", width=1024, iterations=500)
+    # One long run holds the lane (one thread, no batching) while the other requests queue
+    # behind it: SIGTERM lands with all of them in flight, however slowly a loaded machine
+    # uploads and parses their 1.35 MB bodies.
+    model = onnx_models.slow_loop(tmp_path / "slow.onnx", width=1024, iterations=None)
     env = {
         "MODELPLANE_MAX_BATCH_SIZE": "1",
         "MODELPLANE_INTRA_OP_THREADS": "1",
@@ -38,6 +43,7 @@ def test_sigterm_loses_no_request_in_flight(tmp_path: Path, logs: Path) -> None:
     }
     rng = np.random.default_rng(5)
     inputs = [rng.standard_normal((ROWS, 1024)).astype(np.float32) for _ in range(IN_FLIGHT)]
+    trips = [LONG_TRIPS] + [SHORT_TRIPS] * (IN_FLIGHT - 1)
     bodies = [
         json.dumps(
             {
@@ -47,48 +53,51 @@ def test_sigterm_loses_no_request_in_flight(tmp_path: Path, logs: Path) -> None:
                         "shape": [ROWS, 1024],
                         "datatype": "FP32",
                         "data": x.ravel().tolist(),
-                    }
+                    },
+                    {"name": "trips", "shape": [], "datatype": "INT64", "data": [n]},
                 ]
             }
         ).encode()
-        for x in inputs
+        for x, n in zip(inputs, trips, strict=True)
     ]
     server = RuntimeServer(["--model", str(model)], env=env, log_dir=logs).wait_live()
     try:
         url = server.url + "/v2/models/slow/infer"
         with ThreadPoolExecutor(IN_FLIGHT) as pool:
-            futures = [pool.submit(requests.post, url, data=body, timeout=120) for body in bodies]
-            deadline = time.monotonic() + 60
-            # SIGTERM once every request not yet answered is queued or running, and at
-            # least half are. A request still in the listen backlog or mid-upload is not in
-            # flight: closing the listener resets it, as with any server, and a busy machine
-            # (CI once) can leave one there for seconds. `answered` is read before `pending`
-            # so that a request finishing between the two reads is counted in neither.
-            while True:
-                answered = sum(f.done() for f in futures)
-                pending = server.metric("modelplane_pending_requests", model="slow")
-                if pending >= IN_FLIGHT // 2 and pending + answered >= IN_FLIGHT:
-                    break
-                assert time.monotonic() < deadline, f"{pending} in flight, {answered} answered"
-                time.sleep(0.01)
+            futures = [pool.submit(requests.post, url, data=bodies[0], timeout=300)]
+            _wait_for(lambda: server.metric("modelplane_pending_requests", model="slow") >= 1)
+            futures += [pool.submit(requests.post, url, data=b, timeout=300) for b in bodies[1:]]
+            # SIGTERM once every request is queued or running. One still in the listen
+            # backlog or mid-upload would not be in flight: closing the listener resets it,
+            # as with any server.
+            _wait_for(
+                lambda: server.metric("modelplane_pending_requests", model="slow") >= IN_FLIGHT
+            )
             server.process.send_signal(signal.SIGTERM)
             time.sleep(0.5)
             # No new connection is accepted (the kubelet's probe fails), while every
             # request already in flight is still answered below.
             with pytest.raises(requests.ConnectionError):
                 requests.get(server.url + "/v2/health/ready", timeout=5)
-            responses = [f.result(timeout=120) for f in futures]
+            responses = [f.result(timeout=300) for f in futures]
         exit_code = server.process.wait(timeout=60)
     finally:
         server.terminate()
     session = ort.InferenceSession(str(model))
-    for x, response in zip(inputs, responses, strict=True):
+    for x, n, response in zip(inputs, trips, responses, strict=True):
         assert response.status_code == 200, response.text
-        (want,) = session.run(None, {"x": x})
+        (want,) = session.run(None, {"x": x, "trips": np.array(n, dtype=np.int64)})
         got = np.asarray(response.json()["outputs"][0]["data"], dtype=np.float32)
         np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-4, atol=1e-5)
     assert exit_code == 0
     assert "finishing requests in flight" in server.log()
+
+
+def _wait_for(check: Callable[[], bool], seconds: float = 120.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "the requests never got in flight"
+        time.sleep(0.01)
 
 
 def test_draining_turns_readiness_false_and_still_answers(tmp_path: Path) -> None:

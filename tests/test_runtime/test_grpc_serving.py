@@ -313,14 +313,24 @@ def test_a_late_answer_is_deadline_exceeded_and_the_server_stays_up(
         while server.metric("modelplane_pending_requests", model="slow") < 1:
             assert time.monotonic() < deadline, "the call never reached the server"
         leaving.cancel()
-        assert len(stub.ModelInfer(request(1), timeout=30).raw_output_contents) == 1
+        # The cancelled call's run holds the lane until its own deadline (1 s), and on a
+        # loaded machine a call right behind it can pass its own 1 s first: a 504 too.
+        # What must hold is that the server answers again; such 504s are counted below.
+        queued_late = 0
+        for _ in range(10):
+            call = stub.ModelInfer.future(request(1), timeout=30)
+            if call.exception() is None:
+                break
+            assert call.code() == grpc.StatusCode.DEADLINE_EXCEEDED, call.details()
+            queued_late += 1
+        assert len(call.result().raw_output_contents) == 1
 
         def outcome(name: str) -> float:
             return server.metric("modelplane_inference_requests_total", model="slow", outcome=name)
 
         # Each late call counted once (the two deadlines pass together: either may end it),
         # the cancelled one as REST counts a client that left.
-        assert outcome("504") + outcome("client_closed") == 3
+        assert outcome("504") + outcome("client_closed") == 3 + queued_late
         assert outcome("client_closed") >= 1
         assert outcome("success") == 1
         assert server.metric("modelplane_runs_terminated_total", model="slow") >= 1
