@@ -78,8 +78,7 @@ from runtime_serving import (
     make_mlp,
     request_body,
     rest_binary_body,
-    server_command,
-    wait_ready,
+    running,
 )
 
 sys.path.insert(0, str(BENCH.parent / "tests"))
@@ -715,38 +714,13 @@ def generator_ceiling(target: Target, args: argparse.Namespace) -> dict[str, Any
 def serving(server: str, model: Path, name: str, work: Path) -> Iterator[tuple[str, int, int]]:
     """runtime_serving.py's server on core 0, with gRPC on where measured: (base URL, REST
     port, gRPC port or 0)."""
-    port = free_port()
     grpc_port = free_port() if any(s == server and p == "grpc" for s, p in TARGETS) else 0
-    command, env = server_command(server, model, name, port, work)
-    if server == "modelplane" and grpc_port:
-        env["MODELPLANE_GRPC_PORT"] = str(grpc_port)
-    if server == "kserve" and grpc_port:
-        at = command.index("--enable_grpc")
-        command[at : at + 2] = ["--enable_grpc", "true", "--grpc_port", str(grpc_port)]
-    log_path = work / f"{server}-{name}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            ["taskset", "-c", SERVER_CORE, *command],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=work,
-            start_new_session=True,
-        )
-        base = f"http://127.0.0.1:{port}"
-        SERVER_PIDS.append(process.pid)
+    with running(server, model, name, work, grpc_port=grpc_port or None) as (base, pid):
+        SERVER_PIDS.append(pid)
         try:
-            wait_ready(base, process, log_path)
-            yield base, port, grpc_port
+            yield base, int(base.rsplit(":", 1)[1]), grpc_port
         finally:
-            SERVER_PIDS.remove(process.pid)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
+            SERVER_PIDS.remove(pid)
 
 
 def http_request(port: int, name: str, body: bytes, headers: dict[str, str]) -> bytes:

@@ -170,8 +170,10 @@ def ensure_peer(name: str) -> Path:
 
 
 def server_command(
-    server: str, model: Path, name: str, port: int, work: Path
+    server: str, model: Path, name: str, port: int, work: Path, *, grpc_port: int | None = None
 ) -> tuple[list[str], dict[str, str]]:
+    """How to start ``server``; ``grpc_port``: its gRPC server there (modelplane, KServe),
+    else modelplane's on a port of its own and KServe's off."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if server == "bare-starlette":
         return [
@@ -187,14 +189,22 @@ def server_command(
             MODELPLANE_INTER_OP_THREADS="1",
             MODELPLANE_MAX_BATCH_SIZE="64",
             MODELPLANE_LOG_LEVEL="WARNING",
-            MODELPLANE_GRPC_PORT=str(free_port()),
+            MODELPLANE_GRPC_PORT=str(grpc_port or free_port()),
         )
         command = [sys.executable, "-m", "modelplane_runtime", "serve", "--model", str(model)]
         return [*command, "--name", name, "--port", str(port)], env
     if server == "kserve":
         python = ensure_peer("kserve")
         command = [str(python), str(BENCH / "peers" / "kserve_onnx.py"), str(model)]
-        flags = ["--model_name", name, "--http_port", str(port), "--enable_grpc", "false"]
+        flags = ["--model_name", name, "--http_port", str(port)]
+        flags += (
+            ["--enable_grpc", "true", "--grpc_port", str(grpc_port)]
+            if grpc_port
+            else [
+                "--enable_grpc",
+                "false",
+            ]
+        )
         flags += ["--enable_latency_logging", "false", "--workers", "1"]
         return [*command, *flags], env
     if server == "mlserver":
@@ -228,9 +238,12 @@ def server_command(
 
 
 @contextlib.contextmanager
-def running(server: str, model: Path, name: str, work: Path) -> Iterator[tuple[str, int]]:
+def running(
+    server: str, model: Path, name: str, work: Path, *, grpc_port: int | None = None
+) -> Iterator[tuple[str, int]]:
+    """``server`` up on core 0 until the block ends: (base URL, pid)."""
     port = free_port()
-    command, env = server_command(server, model, name, port, work)
+    command, env = server_command(server, model, name, port, work, grpc_port=grpc_port)
     log = (work / f"{server}-{name}.log").open("wb")
     process = subprocess.Popen(
         ["taskset", "-c", SERVER_CORE, *command],
