@@ -129,7 +129,7 @@ class Batcher:
         # Until measured, assume runs are long: the first ones go to the compute thread.
         self._typical_run_seconds = 1.0
         # The most requests in the engine at once (queued or running), over the last one
-        # to two PEAK_WINDOW_SECONDS: this window's and the previous one's.
+        # to two PEAK_WINDOWs: this window's and the previous one's.
         self._peak = [0, 0]
         self._peak_window_ends = 0.0
 
