@@ -969,6 +969,43 @@ def print_table(report: dict[str, Any]) -> None:
             f"{ceiling['closed_loop_client_cpu_us_per_answer']:.0f} us of its CPU per answer"
         )
     print(f"took {report['took_seconds']} s")
+    print("\nREADME table (rate in requests/s; p50 / p99 ms at that rate; X the closed-loop probe):")
+    print(markdown_table(report))
+
+
+SERVER_NAMES = {
+    "modelplane": "modelplane",
+    "bare-starlette": "bare Starlette (floor)",
+    "kserve": "KServe",
+    "mlserver": "MLServer",
+}
+PROTOCOL_NAMES = {"rest-json": "REST JSON", "rest-binary": "REST binary", "grpc": "gRPC"}
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """The README's table: a row per server and protocol, the tiny and heavy model side by
+    side; a rate whose lowest failing step was disturbed by other work is marked ``*``."""
+    cells: dict[tuple[str, str], dict[str, str]] = {}
+    for point in report["points"]:
+        at = point["at_rate"] or {}
+        failing = point.get("lowest_failing") or {}
+        mark = "*" if failing.get("disturbed") else ""
+        row = cells.setdefault((point["server"], point["protocol"]), {})
+        row[point["model"]] = (
+            f"{point['rate_per_s']:,.0f}{mark} | {at.get('p50_ms', math.nan):.1f} / "
+            f"{at.get('p99_ms', math.nan):.1f} | {point['closed_loop_probe_per_s']:,.0f}"
+        )
+    lines = [
+        "| server | protocol | tiny: rate | p50 / p99 | X | heavy: rate | p50 / p99 | X |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (server, protocol), row in cells.items():
+        name, kind = SERVER_NAMES.get(server, server), PROTOCOL_NAMES.get(protocol, protocol)
+        missing = "- | - | -"
+        lines.append(
+            f"| {name} | {kind} | {row.get('tiny', missing)} | {row.get('heavy', missing)} |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
