@@ -969,7 +969,7 @@ def print_table(report: dict[str, Any]) -> None:
             f"{ceiling['closed_loop_client_cpu_us_per_answer']:.0f} us of its CPU per answer"
         )
     print(f"took {report['took_seconds']} s")
-    print("\nREADME table (rate in requests/s; p50 / p99 ms at that rate; X the closed-loop probe):")
+    print("\nREADME table (requests/s; p50 / p99 ms at that rate; X the closed-loop probe):")
     print(markdown_table(report))
 
 
