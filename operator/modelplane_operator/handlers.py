@@ -99,8 +99,8 @@ def reconcile_model_deployment(body: kopf.Body, memo: kopf.Memo, **indexes: Any)
 
 
 @kopf.on.event(*_resource(MODEL_DEPLOYMENT), id="model-deployments-changed")
-def model_deployment_changed(event: kopf.RawEvent, memo: kopf.Memo, **indexes: Any) -> None:
-    triggers.on_model_deployment_event(event, memo, indexes)
+async def model_deployment_changed(event: kopf.RawEvent, memo: kopf.Memo, **indexes: Any) -> None:
+    await triggers.on_model_deployment_event(event, memo, indexes)
 
 
 # --- ModelConsumers: their keys, and the access descriptions of the models they call ---------
@@ -121,8 +121,8 @@ def model_consumer_changed(event: kopf.RawEvent, memo: kopf.Memo, **indexes: Any
 # --- children and pods: status follows them, and drift is repaired ---------------------------
 
 
-def child_changed(event: kopf.RawEvent, memo: kopf.Memo, **indexes: Any) -> None:
-    triggers.on_child_event(event, memo, indexes)
+async def child_changed(event: kopf.RawEvent, memo: kopf.Memo, **indexes: Any) -> None:
+    await triggers.on_child_event(event, memo, indexes)
 
 
 for _child in WATCHED_CHILDREN:

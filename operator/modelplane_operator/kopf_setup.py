@@ -58,6 +58,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, handler_ids: Ite
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 60
     memo.config = config
+    memo.executor = settings.execution.executor  # event handlers' reconciles run there too
     memo.api = api
     memo.locks = KeyedLocks()
     memo.retrier = Retrier(cap=config.retry_cap_seconds)

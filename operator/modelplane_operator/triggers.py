@@ -9,10 +9,12 @@ operator cannot serve raises SpecRejected to the caller and waits for a change.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import datetime
+import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -46,8 +48,12 @@ def on_model_deployment(
     _attempt(memo, indexes, key, body, None, reject=True)
 
 
-def on_child_event(event: kopf.RawEvent, memo: kopf.Memo, indexes: Mapping[str, Any]) -> None:
-    """A child or pod changed: reconcile its owner (status, and drift repair)."""
+async def on_child_event(event: kopf.RawEvent, memo: kopf.Memo, indexes: Mapping[str, Any]) -> None:
+    """A child or pod changed: reconcile its owner (status, and drift repair).
+
+    Decided on the event loop, reconciled on a worker thread: most events of a burst are our
+    own applies coming back, and each waiting for a thread would hold its kopf worker and
+    its event (a Deployment with its managedFields) until then."""
     obj = event["object"]
     meta = obj.get("metadata", {})
     owner = meta.get("labels", {}).get(names.LABEL_INSTANCE)
@@ -70,14 +76,15 @@ def on_child_event(event: kopf.RawEvent, memo: kopf.Memo, indexes: Mapping[str, 
     if model_deployment(indexes, key) is None and owner.endswith(names.CANARY_SUFFIX):
         key = (key[0], owner.removesuffix(names.CANARY_SUFFIX))  # a canary's child or pod
     if (body := _live_body(memo, indexes, key)) is not None:
-        _attempt(memo, indexes, key, body, override, reject=False)
+        await _on_a_thread(memo, _attempt, memo, indexes, key, body, override, reject=False)
 
 
-def on_model_deployment_event(
+async def on_model_deployment_event(
     event: kopf.RawEvent, memo: kopf.Memo, indexes: Mapping[str, Any]
 ) -> None:
     """A ModelDeployment appeared or went: the consumers of its namespace say what they may
-    call. (Objects listed at start-up come without a type: each consumer resumes anyway.)"""
+    call. (Objects listed at start-up come without a type: each consumer resumes anyway.)
+    Decided on the event loop (most events need nothing), as a child's."""
     if event["type"] not in {"ADDED", "DELETED"}:
         return
     namespace = event["object"].get("metadata", {}).get("namespace", "")
@@ -86,10 +93,22 @@ def on_model_deployment_event(
     consumers = consumers_in(indexes, namespace)
     if not consumers:
         return  # else every model of the namespace is parsed per event: O(N^2) on a create burst
+    await _on_a_thread(memo, _consumers_changed, memo, indexes, namespace, consumers)
+
+
+def _consumers_changed(
+    memo: kopf.Memo, indexes: Mapping[str, Any], namespace: str, consumers: list[Obj]
+) -> None:
     models = models_by_access(indexes, namespace)
     for consumer in consumers:
         key = consumer_key(namespace, consumer["metadata"]["name"])
         _attempt_consumer(memo, indexes, key, consumer, reject=False, models=models)
+
+
+async def _on_a_thread(memo: kopf.Memo, work: Callable[..., None], *args: Any, **kw: Any) -> None:
+    """``work`` on kopf's executor, where its sync handlers run (kube calls block)."""
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(memo.executor, functools.partial(work, *args, **kw))
 
 
 # --- ModelConsumers ---------------------------------------------------------------------------
