@@ -94,8 +94,8 @@ def _until_the_spec_changes(
 @kopf.on.create(*_resource(MODEL_DEPLOYMENT), id=RECONCILE)
 @kopf.on.update(*_resource(MODEL_DEPLOYMENT), id=RECONCILE, field="spec")
 @kopf.on.resume(*_resource(MODEL_DEPLOYMENT), id=RECONCILE)
-def reconcile_model_deployment(body: kopf.Body, memo: kopf.Memo, **indexes: Any) -> None:
-    _until_the_spec_changes(triggers.on_model_deployment, body, memo, indexes)
+async def reconcile_model_deployment(body: kopf.Body, memo: kopf.Memo, **indexes: Any) -> None:
+    triggers.on_model_deployment(body, memo, indexes)
 
 
 @kopf.on.event(*_resource(MODEL_DEPLOYMENT), id="model-deployments-changed")

@@ -20,6 +20,7 @@ from modelplane_operator.kube import KubeApi, load_client
 from modelplane_operator.locks import KeyedLocks
 from modelplane_operator.retrier import Retrier
 from modelplane_operator.sweep import Sweep
+from modelplane_operator.work_queue import WorkQueue
 
 
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, handler_ids: Iterable[str]) -> None:
@@ -59,6 +60,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, handler_ids: Ite
     settings.networking.request_timeout = 60
     memo.config = config
     memo.executor = settings.execution.executor  # event handlers' reconciles run there too
+    memo.queue = WorkQueue(settings.execution.executor, settings.execution.max_workers or 4)
     memo.api = api
     memo.locks = KeyedLocks()
     memo.retrier = Retrier(cap=config.retry_cap_seconds)
@@ -90,6 +92,9 @@ def in_cluster_server(environ: Mapping[str, str], named: str) -> str:
 
 
 def stop(memo: kopf.Memo) -> None:
+    queue = getattr(memo, "queue", None)
+    if queue is not None:
+        queue.stop()
     sweep = getattr(memo, "sweep", None)
     if sweep is not None:
         sweep.stop()

@@ -43,9 +43,11 @@ Key = tuple[str, str]
 def on_model_deployment(
     body: Mapping[str, Any], memo: kopf.Memo, indexes: Mapping[str, Any]
 ) -> None:
-    """Created, spec changed or resumed. SpecRejected goes back to the kopf handler."""
+    """Created, spec changed or resumed: reconciled from the work queue, so that kopf's
+    worker for it (holding its event) ends now. A spec the operator cannot serve gets its
+    status condition and Warning event there."""
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
-    _attempt(memo, indexes, key, body, None, reject=True)
+    memo.queue.add(key, lambda: _retry(memo, indexes, key))
 
 
 async def on_child_event(event: kopf.RawEvent, memo: kopf.Memo, indexes: Mapping[str, Any]) -> None:
@@ -76,7 +78,7 @@ async def on_child_event(event: kopf.RawEvent, memo: kopf.Memo, indexes: Mapping
     if model_deployment(indexes, key) is None and owner.endswith(names.CANARY_SUFFIX):
         key = (key[0], owner.removesuffix(names.CANARY_SUFFIX))  # a canary's child or pod
     if (body := _live_body(memo, indexes, key)) is not None:
-        await _on_a_thread(memo, _attempt, memo, indexes, key, body, override, reject=False)
+        await _on_a_thread(memo, _attempt, memo, indexes, key, body, override)
 
 
 async def on_model_deployment_event(
@@ -137,7 +139,7 @@ def on_consumer_event(event: kopf.RawEvent, memo: kopf.Memo, indexes: Mapping[st
     for model in model_names(indexes, namespace):
         key = (namespace, model)
         if (body := _live_body(memo, indexes, key)) is not None:
-            _attempt(memo, indexes, key, body, None, reject=False, gone_consumer=gone)
+            _attempt(memo, indexes, key, body, None, gone_consumer=gone)
 
 
 def sweep_consumers(memo: kopf.Memo, indexes: Mapping[str, Any]) -> None:
@@ -207,7 +209,7 @@ def _retry_consumer(memo: kopf.Memo, indexes: Mapping[str, Any], key: Key) -> No
 
 def _retry(memo: kopf.Memo, indexes: Mapping[str, Any], key: Key) -> None:
     if (body := _live_body(memo, indexes, key)) is not None:
-        _attempt(memo, indexes, key, body, None, reject=False)
+        _attempt(memo, indexes, key, body, None)
 
 
 def _live_body(memo: kopf.Memo, indexes: Mapping[str, Any], key: Key) -> Obj | None:
@@ -227,7 +229,6 @@ def _attempt(
     body: Mapping[str, Any],
     override: Override | None,
     *,
-    reject: bool,
     gone_consumer: str | None = None,
 ) -> None:
     try:
@@ -236,8 +237,6 @@ def _attempt(
         memo.retrier.succeeded(key)  # nothing to retry: the spec must change
         if rejected.newly:  # whatever triggered it: a spec change, a consumer, a child
             memo.api.warn(body, rejected.reason, str(rejected))
-        if reject:
-            raise
     except RetryLater as later:
         _retry_later(memo, indexes, key, later)
     except Exception as exc:

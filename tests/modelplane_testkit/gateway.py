@@ -143,7 +143,7 @@ def traefik_gateway(
         api.kubectl("apply", "--server-side", "-f", str(crds / crd))
     for crd in CRD_FILES:
         plural = crd.removeprefix(f"{GROUP}_").removesuffix(".yaml")
-        api.kubectl("wait", "--for=condition=Established", f"crd/{plural}.{GROUP}", "--timeout=60s")
+        api.wait_established(f"{plural}.{GROUP}")
     admin = RealCluster(api)
     admin.namespace(namespace)
     process = _start(traefik, api, workdir, address, port)

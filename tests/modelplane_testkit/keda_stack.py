@@ -111,7 +111,8 @@ class KedaStack:
         for folder in CRD_FOLDERS:
             self.api.kubectl("apply", "--server-side", "-f", str(crds_dir() / folder))
         # KEDA's informers give up on kinds that are not served yet.
-        self.api.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        listed = self.api.kubectl("get", "crd", "-o", "name").split()
+        self.api.wait_established(*(name.rpartition("/")[2] for name in listed))
         self._apply(_namespace())
         certs = self._certificates()
         self._bind_hosts()

@@ -177,10 +177,7 @@ def test_the_charts_service_monitor_meets_the_real_crd(installed: ApiServer) -> 
     installed.kubectl(
         "apply", "--server-side", "-f", str(crds / "monitoring.coreos.com_servicemonitors.yaml")
     )
-    installed.kubectl(
-        "wait", "--for", "condition=established", "--timeout=30s",
-        "crd/servicemonitors.monitoring.coreos.com",
-    )  # fmt: skip
+    installed.wait_established("servicemonitors.monitoring.coreos.com", timeout=30)
     # helm maps kinds through discovery, which may list a new CRD a moment after it is
     # established.
     wait_for(

@@ -49,10 +49,7 @@ def test_children_need_finalizers_rights_and_appear_once_granted(
     server = enforcing_server
     admin = RealCluster(server)
     helm_install(server, helm.RELEASE)
-    server.kubectl(
-        "wait", "--for", "condition=established", "--timeout=30s",
-        "crd/modeldeployments.modelplane.io",
-    )  # fmt: skip
+    server.wait_established("modeldeployments.modelplane.io", timeout=30)
     index = _finalizers_rule_index(server)
     removed = json.dumps([{"op": "remove", "path": f"/rules/{index}"}])
     server.kubectl("patch", "clusterrole", helm.RELEASE, "--type=json", "-p", removed)
