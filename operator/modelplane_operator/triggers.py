@@ -1,10 +1,11 @@
 """Every reason to reconcile a ModelDeployment, and what happens when one cannot finish.
 
-kopf calls in for the ModelDeployment itself (create, spec update, resume) and
-for every event of a child or pod; both end in :func:`_reconcile`, under the
-ModelDeployment's lock. A reconcile that raises RetryLater is retried by the one
+kopf calls in for the ModelDeployment itself (create, spec update, resume), which
+only queues its key (work_queue.py), and for every event of a child or pod, which is
+decided on the event loop; both end in :func:`_reconcile` on a worker thread, under
+the ModelDeployment's lock. A reconcile that raises RetryLater is retried by the one
 :class:`~modelplane_operator.retrier.Retrier`, whatever started it; a spec the
-operator cannot serve raises SpecRejected to the caller and waits for a change.
+operator cannot serve gets its condition and Warning event, and waits for a change.
 """
 
 from __future__ import annotations
