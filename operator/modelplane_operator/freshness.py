@@ -52,8 +52,14 @@ class RecentWrites:
         self._records: dict[Key, _Record] = {}
         self._swept = clock()
 
-    def applied(self, key: Key, obj: Obj) -> None:
-        self._put(key, _Record(obj, deleted=False, at=self._clock()))
+    def applied(self, key: Key, obj: Obj, cached: Obj | None = None) -> None:
+        """``obj`` written; ``cached``: what the cache holds now. A write whose echo came
+        back before the write returned (the cache holds it already) is not remembered:
+        the echo that would end its record has been and gone."""
+        record = _Record(obj, deleted=False, at=self._clock())
+        if cached is not None and _caught_up(record, cached, None):
+            return
+        self._put(key, record)
 
     def deleted(self, key: Key, obj: Obj) -> None:
         self._put(key, _Record(obj, deleted=True, at=self._clock()))

@@ -20,6 +20,7 @@ from modelplane_operator.kube import KubeApi, load_client
 from modelplane_operator.locks import KeyedLocks
 from modelplane_operator.retrier import Retrier
 from modelplane_operator.sweep import Sweep
+from modelplane_operator.watch_cache import PendingEvents
 from modelplane_operator.work_queue import WorkQueue
 
 
@@ -60,6 +61,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, handler_ids: Ite
     settings.networking.request_timeout = 60
     memo.config = config
     memo.executor = settings.execution.executor  # event handlers' reconciles run there too
+    memo.events = PendingEvents()  # children's events for their owners' queued reconciles
     memo.queue = WorkQueue(settings.execution.executor, settings.execution.max_workers or 4)
     memo.api = api
     memo.locks = KeyedLocks()

@@ -11,7 +11,6 @@ operator cannot serve gets its condition and Warning event, and waits for a chan
 from __future__ import annotations
 
 import asyncio
-import copy
 import datetime
 import functools
 import logging
@@ -27,7 +26,8 @@ from modelplane_operator.kinds import BY_KIND, MODEL_CONSUMER, PODS
 from modelplane_operator.metrics import forget_model_deployment
 from modelplane_operator.reconcile import ReconcileResult, RetryLater, SpecRejected, reconcile
 from modelplane_operator.watch_cache import (
-    Override,
+    ChildKey,
+    Seen,
     cluster_view,
     consumers_in,
     model_consumer,
@@ -47,16 +47,15 @@ def on_model_deployment(
     """Created, spec changed or resumed: reconciled from the work queue, so that kopf's
     worker for it (holding its event) ends now. A spec the operator cannot serve gets its
     status condition and Warning event there."""
-    key = (body["metadata"]["namespace"], body["metadata"]["name"])
-    memo.queue.add(key, lambda: _retry(memo, indexes, key))
+    _queue(memo, indexes, (body["metadata"]["namespace"], body["metadata"]["name"]))
 
 
 async def on_child_event(event: kopf.RawEvent, memo: kopf.Memo, indexes: Mapping[str, Any]) -> None:
     """A child or pod changed: reconcile its owner (status, and drift repair).
 
-    Decided on the event loop, reconciled on a worker thread: most events of a burst are our
-    own applies coming back, and each waiting for a thread would hold its kopf worker and
-    its event (a Deployment with its managedFields) until then."""
+    Decided on the event loop, the owner queued: most events of a burst are our own
+    applies coming back, and the rest (a restart lists some 40,000) come four or more to
+    an owner, which one reconcile answers."""
     obj = event["object"]
     meta = obj.get("metadata", {})
     owner = meta.get("labels", {}).get(names.LABEL_INSTANCE)
@@ -64,22 +63,33 @@ async def on_child_event(event: kopf.RawEvent, memo: kopf.Memo, indexes: Mapping
         return
     key = (meta.get("namespace", ""), owner)
     kind = obj.get("kind", "")
-    override: Override | None = None
+    tombstone: tuple[ChildKey, Seen] | None = None
     if kind in BY_KIND and kind != PODS.kind:
-        deleted = event["type"] == "DELETED"
         where = (kind, key[0], meta.get("name", ""))
-        if not deleted and memo.recent.echo(where, obj):
+        if event["type"] == "DELETED":
+            # Fresher than the cache, as a tombstone: the deleted object's resourceVersion
+            # tells a write of ours from before the deletion (freshness.py). Any other
+            # event the cache holds already (kopf indexes an event before its handlers).
+            tombstone = (where, (None, dict(obj)))
+        elif memo.recent.echo(where, obj):
             return  # our own apply coming back: the reconcile that made it saw it
-        # The event is fresher than the index: a deleted child is gone even if still indexed.
-        override = (
-            where,
-            None if deleted else copy.deepcopy(dict(obj)),
-            dict(obj) if deleted else None,
-        )
     if model_deployment(indexes, key) is None and owner.endswith(names.CANARY_SUFFIX):
         key = (key[0], owner.removesuffix(names.CANARY_SUFFIX))  # a canary's child or pod
+    if _live_body(memo, indexes, key) is not None:
+        if tombstone is not None:
+            memo.events.add(key, *tombstone)
+        _queue(memo, indexes, key)
+
+
+def _queue(memo: kopf.Memo, indexes: Mapping[str, Any], key: Key) -> None:
+    """The ModelDeployment ``key`` reconciled from the work queue (on the event loop)."""
+    memo.queue.add(key, lambda: _reconcile_queued(memo, indexes, key))
+
+
+def _reconcile_queued(memo: kopf.Memo, indexes: Mapping[str, Any], key: Key) -> None:
+    events = memo.events.take(key)  # every child event since the last reconcile of it
     if (body := _live_body(memo, indexes, key)) is not None:
-        await _on_a_thread(memo, _attempt, memo, indexes, key, body, override)
+        _attempt(memo, indexes, key, body, events)
 
 
 async def on_model_deployment_event(
@@ -228,12 +238,12 @@ def _attempt(
     indexes: Mapping[str, Any],
     key: Key,
     body: Mapping[str, Any],
-    override: Override | None,
+    events: Mapping[ChildKey, Seen] | None,
     *,
     gone_consumer: str | None = None,
 ) -> None:
     try:
-        result = _reconcile(body, memo, indexes, override, gone_consumer)
+        result = _reconcile(body, memo, indexes, events, gone_consumer)
     except SpecRejected as rejected:
         memo.retrier.succeeded(key)  # nothing to retry: the spec must change
         if rejected.newly:  # whatever triggered it: a spec change, a consumer, a child
@@ -260,7 +270,7 @@ def _reconcile(
     body: Mapping[str, Any],
     memo: kopf.Memo,
     indexes: Mapping[str, Any],
-    override: Override | None,
+    events: Mapping[ChildKey, Seen] | None,
     gone_consumer: str | None = None,
 ) -> ReconcileResult:
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
@@ -279,7 +289,7 @@ def _reconcile(
             current,
             memo.api,
             memo.config,
-            cluster_view(memo.api, recent, indexes, override, gone_consumer),
+            cluster_view(memo.api, recent, indexes, events, gone_consumer),
             on_status_written=remember,
         )
 
@@ -287,6 +297,7 @@ def _reconcile(
 def forget(key: Key, memo: kopf.Memo) -> None:
     """A ModelDeployment is gone: drop what the operator kept about it."""
     memo.written.pop(key, None)
+    memo.events.take(key)
     forget_model_deployment(*key)
     memo.recent.forget(*key)
     memo.handled.forget(key)

@@ -8,6 +8,7 @@ reconcile parses the few it reads.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -23,7 +24,27 @@ from modelplane_operator.reconcile import ClusterView, resource_fields
 Obj = dict[str, Any]
 # An event's own object, fresher than the index: (kind, namespace, name), the object
 # (None when deleted), and the deleted object itself.
-Override = tuple[tuple[str, str, str], Obj | None, Obj | None]
+ChildKey = tuple[str, str, str]  # kind, namespace, name
+# A child as its latest watch event showed it, fresher than the cache: (the object, or None
+# when the event said it was deleted; the deleted object, or None).
+Seen = tuple[Obj | None, Obj | None]
+
+
+class PendingEvents:
+    """Children's events waiting for their owner's queued reconcile, the newest per child:
+    added on the event loop, taken by the reconcile on its thread."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._by_owner: dict[tuple[str, str], dict[ChildKey, Seen]] = {}
+
+    def add(self, owner: tuple[str, str], child: ChildKey, seen: Seen) -> None:
+        with self._guard:
+            self._by_owner.setdefault(owner, {})[child] = seen
+
+    def take(self, owner: tuple[str, str]) -> dict[ChildKey, Seen]:
+        with self._guard:
+            return self._by_owner.pop(owner, {})
 
 
 def snapshot(body: kopf.Body) -> bytes:
@@ -100,22 +121,24 @@ def cluster_view(
     api: KubeApi,
     recent: RecentWrites,
     indexes: Mapping[str, Any],
-    override: Override | None = None,
+    events: Mapping[ChildKey, Seen] | None = None,
     gone_consumer: str | None = None,
 ) -> ClusterView:
-    """What reconcile reads: the event's object, else our own fresher write, else the cache;
-    ``child`` falls back to a GET for an object the cache cannot hold (not ours)."""
+    """What reconcile reads: the child's latest event, else our own fresher write, else the
+    cache; ``child`` falls back to a GET for an object the cache cannot hold (not ours)."""
+    events = events or {}
 
     def cached(kind: str, namespace: str, name: str) -> Obj | None:
         key = (kind, namespace, name)
-        if override is not None and override[0] == key:
-            return recent.fresher(key, override[1], tombstone=override[2])
+        if key in events:
+            seen, tombstone = events[key]
+            return recent.fresher(key, seen, tombstone=tombstone)
         stored = first(indexes[BY_KIND[kind].index].get((namespace, name)))
         return recent.fresher(key, stored)
 
     def child(kind: str, namespace: str, name: str) -> Obj | None:
         found = cached(kind, namespace, name)
-        if found is None and not (override is not None and override[0] == (kind, namespace, name)):
+        if found is None and (kind, namespace, name) not in events:
             return api.get(kind, namespace, name)
         return found
 
@@ -132,6 +155,7 @@ def cluster_view(
         if result.outcome is Outcome.DELETED:
             recent.deleted(where, result.live)
         elif result.wrote:
-            recent.applied(where, result.live)
+            stored = first(indexes[BY_KIND[result.kind].index].get((namespace, result.name)))
+            recent.applied(where, result.live, cached=stored)
 
     return ClusterView(child=child, cached=cached, pods=pods, consumers=consumers, written=written)

@@ -120,3 +120,14 @@ def test_expired_records_are_swept_by_the_next_write_without_a_lookup() -> None:
     recent.applied(("Service", "models", "other"), APPLIED)
     assert KEY not in recent._records
     assert ("Service", "models", "other") in recent._records
+
+
+def test_a_write_whose_echo_came_back_before_it_returned_is_not_remembered() -> None:
+    """The watch delivered our apply before the apply call returned: the cache holds it, and
+    no echo will come to end a record. Remembered, it would outlive a later deletion the
+    cache shows (and be held until its TTL)."""
+    recent = RecentWrites()
+    recent.applied(KEY, APPLIED, cached=_obj("20"))
+    assert recent.fresher(KEY, None) is None  # deleted since: the cache's word stands
+    recent.applied(KEY, APPLIED, cached=_obj("15", image="old"))  # the cache is behind
+    assert recent.fresher(KEY, None) == APPLIED
