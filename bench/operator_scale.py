@@ -9,7 +9,9 @@ For N ModelDeployments (default 10, 100, 500), with a fresh API server and a fre
 - seconds from creating N ModelDeployments to all of them having their
   children applied and their status written;
 - mutating API requests per ModelDeployment on create, by kind;
-- mutating API requests on an operator restart with nothing changed;
+- mutating API requests on an operator restart with nothing changed, the seconds
+  until the restarted operator has resumed all N, and its peak resident memory
+  on the way (kopf lists every watched object at start-up);
 - the operator's resident memory once all N are reconciled.
 
 Each N runs ``--rounds`` times (default 3) and the median round is reported
@@ -161,10 +163,32 @@ def _wait(check: Any, what: str, count: int = 0) -> None:
         time.sleep(0.25 if count < 1000 else 2.0)
 
 
-def _row(  # noqa: PLR0917 - one measurement's six numbers
-    count: int, elapsed: float, by_kind: Counter[str], restart_writes: int, rss: int, baseline: int
+def _resume(restarted: Operator, count: int) -> tuple[float, int]:
+    """Seconds until a restarted operator has resumed all ``count`` ModelDeployments,
+    and its peak resident memory, sampled at each poll, on the way."""
+    start = time.perf_counter()
+    peak = 0
+
+    def resumed() -> bool:
+        nonlocal peak
+        peak = max(peak, restarted.rss())
+        return restarted.reconciles("unchanged") >= count
+
+    _wait(resumed, "the resume reconciles", count)
+    return time.perf_counter() - start, peak
+
+
+def _row(  # noqa: PLR0917 - one measurement's numbers
+    count: int,
+    elapsed: float,
+    by_kind: Counter[str],
+    restart: tuple[int, float, int],
+    rss: int,
+    baseline: int,
 ) -> dict[str, Any]:
-    """One measurement: time, writes per ModelDeployment (by kind), restart writes, memory."""
+    """One measurement: time, writes per ModelDeployment (by kind), restart writes, time
+    and peak memory, memory."""
+    restart_writes, resume_seconds, resume_peak = restart
     return {
         "model_deployments": count,
         "seconds_to_reconcile_all": round(elapsed, 2),
@@ -173,6 +197,8 @@ def _row(  # noqa: PLR0917 - one measurement's six numbers
             k: round(v / count, 2) for k, v in sorted(by_kind.items())
         },
         "writes_on_restart": restart_writes,
+        "seconds_to_resume_all": round(resume_seconds, 2),
+        "resume_peak_rss_mib": round(resume_peak / 2**20, 1),
         "operator_rss_mib": round(rss / 2**20, 1),
         "operator_rss_baseline_mib": round(baseline / 2**20, 1),
     }
@@ -222,11 +248,7 @@ def measure_real(count: int, assets: Path) -> dict[str, Any]:
             mark = server.audit_mark()
             restarted = Operator(server.server, Path(tmp), server.kubeconfig)
             try:
-                _wait(
-                    lambda: restarted.reconciles("unchanged") >= count,
-                    "the resume reconciles",
-                    count,
-                )
+                resume_seconds, resume_peak = _resume(restarted, count)
                 time.sleep(2)
             finally:
                 restarted.stop()
@@ -234,7 +256,8 @@ def measure_real(count: int, assets: Path) -> dict[str, Any]:
         finally:
             plane.stop()
     by_kind = Counter(_audit_kind(e) for e in writes)
-    return _row(count, elapsed, by_kind, restart_writes, rss, baseline_rss)
+    restart = (restart_writes, resume_seconds, resume_peak)
+    return _row(count, elapsed, by_kind, restart, rss, baseline_rss)
 
 
 def measure(count: int) -> dict[str, Any]:
@@ -264,14 +287,12 @@ def measure(count: int) -> dict[str, Any]:
         before = len(emulator.emulator.mutations)
         restarted = Operator(emulator.url, Path(tmp))
         try:
-            _wait(
-                lambda: restarted.reconciles("unchanged") >= count, "the resume reconciles", count
-            )
+            resume_seconds, resume_peak = _resume(restarted, count)
             time.sleep(2)
         finally:
             restarted.stop()
-        restart_writes = len(emulator.emulator.mutations) - before
-    return _row(count, elapsed, by_kind, restart_writes, rss, baseline_rss)
+        restart = (len(emulator.emulator.mutations) - before, resume_seconds, resume_peak)
+    return _row(count, elapsed, by_kind, restart, rss, baseline_rss)
 
 
 def median_of(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -309,7 +330,7 @@ def main() -> int:
         assets = find_assets()
         if assets is None:
             parser.error("--target real needs the envtest binaries (see `make e2e`)")
-        run, results = (lambda n: measure_real(n, assets)), REAL_RESULTS
+        run, results = (lambda count: measure_real(count, assets)), REAL_RESULTS
     # Rounds interleave the counts, so slow spells on a shared machine spread over all N.
     rounds: dict[int, list[dict[str, Any]]] = {n: [] for n in counts}
     for _ in range(args.rounds):
@@ -324,14 +345,15 @@ def main() -> int:
     )
     print(
         f"{'N':>5} {'seconds':>8} {'writes/MD':>10} {'restart writes':>15} {'RSS MiB':>8}"
-        f" {'RSS range':>13}"
+        f" {'RSS range':>13} {'resume s':>9} {'resume peak MiB':>16}"
     )
     for row in rows:
         low, high = row["operator_rss_mib_range"]
         print(
             f"{row['model_deployments']:>5} {row['seconds_to_reconcile_all']:>8} "
             f"{row['writes_per_model_deployment']:>10} {row['writes_on_restart']:>15} "
-            f"{row['operator_rss_mib']:>8} {f'{low}-{high}':>13}"
+            f"{row['operator_rss_mib']:>8} {f'{low}-{high}':>13} "
+            f"{row['seconds_to_resume_all']:>9} {row['resume_peak_rss_mib']:>16}"
         )
     print("writes per ModelDeployment by kind (largest N):")
     for kind, value in last["writes_by_kind_per_model_deployment"].items():

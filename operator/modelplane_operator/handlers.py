@@ -23,6 +23,11 @@ from modelplane_operator.reconcile import SpecRejected
 from modelplane_operator.watch_cache import snapshot
 
 kopf_toggles.notify_only_on_change()
+# Their handlers only queue (or find nothing to do): they need not wait for every listed
+# object to be indexed, holding theirs. The work queue waits instead.
+kopf_toggles.handlers_before_indexed(
+    [(kind.group, kind.plural) for kind in (MODEL_DEPLOYMENT, *WATCHED_CHILDREN, PODS)]
+)
 
 OURS = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
 RUNTIME_PODS = {names.LABEL_NAME: names.APP_NAME}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from collections.abc import Iterable, Mapping
@@ -12,6 +13,7 @@ import kopf
 from prometheus_client import start_http_server
 
 from modelplane_api import names
+from modelplane_operator import kopf_toggles
 from modelplane_operator.config import OperatorConfig
 from modelplane_operator.freshness import RecentWrites
 from modelplane_operator.handled import ObservedGenerationDiffBase, RetryAnnotations
@@ -62,7 +64,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, handler_ids: Ite
     memo.config = config
     memo.executor = settings.execution.executor  # event handlers' reconciles run there too
     memo.events = PendingEvents()  # children's events for their owners' queued reconciles
-    memo.queue = WorkQueue(settings.execution.executor, settings.execution.max_workers or 4)
+    memo.queue = WorkQueue(
+        settings.execution.executor,
+        settings.execution.max_workers or 4,
+        gate=functools.partial(kopf_toggles.all_indexed, memo),
+    )
     memo.api = api
     memo.locks = KeyedLocks()
     memo.retrier = Retrier(cap=config.retry_cap_seconds)

@@ -20,6 +20,7 @@ from typing import Any
 import kopf
 
 from modelplane_api import names
+from modelplane_operator import kopf_toggles
 from modelplane_operator.consumers import reconcile_consumer
 from modelplane_operator.freshness import RecentWrites
 from modelplane_operator.kinds import BY_KIND, MODEL_CONSUMER, PODS
@@ -106,6 +107,7 @@ async def on_model_deployment_event(
     consumers = consumers_in(indexes, namespace)
     if not consumers:
         return  # else every model of the namespace is parsed per event: O(N^2) on a create burst
+    await kopf_toggles.all_indexed(memo)  # during start-up: the namespace's models all known
     await _on_a_thread(memo, _consumers_changed, memo, indexes, namespace, consumers)
 
 

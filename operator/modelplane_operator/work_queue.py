@@ -10,22 +10,31 @@ as kopf's executor has threads) run the reconciles, in the order asked for.
 A key asked for again while it waits is not queued twice (the reconcile reads the cache
 when it runs, so it sees every change that asked for it); one asked for while its
 reconcile runs is queued again, for what that reconcile may have missed.
+
+No reconcile runs before ``gate`` returns: at start-up, until kopf has indexed every
+listed object (kopf_toggles.all_indexed), so that none reads a cache still filling up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from concurrent.futures import Executor
 
 log = logging.getLogger("modelplane.operator")
 
 
 class WorkQueue:
-    def __init__(self, executor: Executor, workers: int) -> None:
+    def __init__(
+        self,
+        executor: Executor,
+        workers: int,
+        gate: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
         self._executor = executor
         self._workers = workers
+        self._gate = gate
         self._waiting: dict[Hashable, Callable[[], None]] = {}
         self._ready: asyncio.Queue[Hashable] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -48,6 +57,8 @@ class WorkQueue:
 
     async def _serve(self, ready: asyncio.Queue[Hashable]) -> None:
         loop = asyncio.get_running_loop()
+        if self._gate is not None:
+            await self._gate()
         while True:
             key = await ready.get()
             work = self._waiting.pop(key)

@@ -1,6 +1,7 @@
 """The reconcile queue: a key asked for many times while it waits runs once (with the newest
 arguments), one asked for while it runs runs again after, work runs on the executor's
-threads and never on the event loop, and a failure does not stop the workers."""
+threads and never on the event loop, a failure does not stop the workers, and nothing runs
+before the gate (kopf's start-up indexing) opens."""
 
 from __future__ import annotations
 
@@ -90,6 +91,27 @@ def test_work_runs_on_the_executor_in_the_order_asked_and_survives_a_failure() -
     assert order == ["a", "broken", "b", "c"]
     assert all(name.startswith("reconciler") for name in threads)
     assert loop_thread not in threads
+
+
+def test_nothing_runs_until_the_gate_opens() -> None:
+    ran: list[str] = []
+
+    async def scenario() -> list[str]:
+        indexed = asyncio.Event()  # stands for "kopf has indexed every listed object"
+        with ThreadPoolExecutor(2) as pool:
+            queue = WorkQueue(pool, workers=2, gate=indexed.wait)
+            for key in ("a", "b"):
+                queue.add(key, functools.partial(ran.append, key))
+            await asyncio.sleep(0.2)  # room for a run that should not happen
+            before = list(ran)
+            indexed.set()
+            await _until(lambda: len(ran) == 2)
+            queue.stop()
+        return before
+
+    before = asyncio.run(asyncio.wait_for(scenario(), BOUND))
+    assert before == []
+    assert sorted(ran) == ["a", "b"]
 
 
 async def _until(check: Callable[[], bool]) -> None:
