@@ -22,12 +22,15 @@ from modelplane_operator.kinds import MODEL_CONSUMER, MODEL_DEPLOYMENT, PODS, WA
 from modelplane_operator.reconcile import SpecRejected
 from modelplane_operator.watch_cache import snapshot
 
-kopf_toggles.notify_only_on_change()
-# Their handlers only queue (or find nothing to do): they need not wait for every listed
-# object to be indexed, holding theirs. The work queue waits instead.
-kopf_toggles.handlers_before_indexed(
-    [(kind.group, kind.plural) for kind in (MODEL_DEPLOYMENT, *WATCHED_CHILDREN, PODS)]
-)
+# Applied at import, before kopf builds its processor; reported at start-up if not applied.
+KOPF_PATCHES = {
+    "start-up readiness wakes waiters only on a change": kopf_toggles.notify_only_on_change(),
+    # Their handlers only queue (or find nothing to do): they need not wait for every listed
+    # object to be indexed, holding theirs. The work queue waits instead.
+    "queueing kinds' handlers run before all are indexed": kopf_toggles.handlers_before_indexed(
+        [(kind.group, kind.plural) for kind in (MODEL_DEPLOYMENT, *WATCHED_CHILDREN, PODS)]
+    ),
+}
 
 OURS = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
 RUNTIME_PODS = {names.LABEL_NAME: names.APP_NAME}
@@ -41,6 +44,7 @@ def _resource(kind: Kind) -> tuple[str, str, str]:
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     kopf_setup.configure(settings, memo, handler_ids=(RECONCILE, f"{RECONCILE}/spec"))
+    kopf_setup.report_unapplied(KOPF_PATCHES)
 
 
 @kopf.on.login()

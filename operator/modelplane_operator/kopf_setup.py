@@ -7,6 +7,7 @@ import functools
 import logging
 import os
 from collections.abc import Iterable, Mapping
+from importlib.metadata import version
 from typing import Any
 
 import kopf
@@ -24,6 +25,8 @@ from modelplane_operator.retrier import Retrier
 from modelplane_operator.sweep import Sweep
 from modelplane_operator.watch_cache import PendingEvents
 from modelplane_operator.work_queue import WorkQueue
+
+log = logging.getLogger("modelplane.operator")
 
 
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, handler_ids: Iterable[str]) -> None:
@@ -77,6 +80,19 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, handler_ids: Ite
     memo.sweep = Sweep(config.key_recheck_seconds)  # started by the first consumer event
     if config.metrics_port:
         start_http_server(config.metrics_port, addr=config.metrics_address)
+
+
+def report_unapplied(patches: Mapping[str, bool]) -> None:
+    """A kopf whose internals differ from the ones kopf_toggles was written for keeps its own
+    behaviour: correct, but start-up with many objects is slower and holds more memory."""
+    for what, applied in patches.items():
+        if not applied:
+            log.warning(
+                "kopf %s: not patched (%s); kopf's own behaviour is used, so a start-up "
+                "with thousands of objects is slower and needs more memory",
+                version("kopf"),
+                what,
+            )
 
 
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:

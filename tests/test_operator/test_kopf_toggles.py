@@ -11,6 +11,8 @@ the work queue's gate, still wait for all."""
 from __future__ import annotations
 
 import asyncio
+import logging
+from importlib.metadata import version
 from typing import Any
 
 import kopf
@@ -18,7 +20,7 @@ import pytest
 from kopf._cogs.aiokits.aiotoggles import Toggle, ToggleSet
 from kopf._core.reactor import processing
 
-from modelplane_operator import kopf_toggles
+from modelplane_operator import kopf_setup, kopf_toggles
 
 BOUND = 10.0
 
@@ -147,3 +149,13 @@ def test_queueing_kinds_run_before_all_are_indexed_others_and_the_queue_wait(
 
 def test_the_gate_is_open_when_no_worker_ran_early() -> None:
     asyncio.run(asyncio.wait_for(kopf_toggles.all_indexed(kopf.Memo()), BOUND))
+
+
+def test_a_patch_that_could_not_apply_is_reported_at_start_up(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="modelplane.operator"):
+        kopf_setup.report_unapplied({"applied": True, "the one kopf changed": False})
+    (record,) = caplog.records
+    assert "the one kopf changed" in record.getMessage()
+    assert version("kopf") in record.getMessage()
