@@ -27,6 +27,7 @@ from modelplane_operator.watch_cache import PendingEvents
 from modelplane_operator.work_queue import WorkQueue
 
 log = logging.getLogger("modelplane.operator")
+LIST_CHUNK_SIZE = 500  # client-go's pager uses 500 too
 
 
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, handler_ids: Iterable[str]) -> None:
@@ -60,6 +61,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, handler_ids: Ite
     # running handlers, so with more objects listed at start than the limit, the workers
     # holding the slots wait for objects that never get one (seen: 1,000 ModelDeployments,
     # limit 50, nothing reconciled in 7 minutes).
+    # The start-up listing in pages: kopf's default is one response per kind, all of it
+    # parsed and held while its objects are handed out (10,000 Deployments at once).
+    settings.watching.chunk_size = LIST_CHUNK_SIZE
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import pytest
 from kopf.testing import KopfRunner
 
+from modelplane_operator.kopf_setup import LIST_CHUNK_SIZE
 from modelplane_testkit import helm
 from modelplane_testkit.control_plane import ApiServer, describe, writes_by
 from modelplane_testkit.kubelet import FETCH_FAILURE, LOAD_FAILURE, KubeletPlayer
@@ -309,6 +310,15 @@ def test_idle_restart_and_canonical_quantities_write_nothing(  # noqa: PLR0917 -
     with operator_as(installed, operator_token, tmp_path, monkeypatch):
         time.sleep(8)  # resumed, every object reconciled, nothing to do
         assert operator_writes(installed, mark) == []
+        # Listed in pages, as client-go's pager does: one response per kind would be held
+        # whole while its objects are handed out (10,000 Deployments at once).
+        lists = [
+            e["requestURI"]
+            for e in installed.audit(mark)
+            if e.get("verb") == "list" and e.get("user", {}).get("username") == OPERATOR_USER
+        ]
+        assert lists, "the restarted operator listed nothing"
+        assert all(f"limit={LIST_CHUNK_SIZE}" in uri for uri in lists), lists
         admin.patch("modeldeployments", ns, "demo", {"spec": {"runtime": {"image": "r:2"}}})
         wait_generation(admin, ns, 2)
         settle(installed)
