@@ -49,6 +49,8 @@ sys.path.insert(0, str(REPO / "tests"))
 from modelplane_testkit.runtime_server import free_port  # noqa: E402
 
 SOURCES = ("runtime", "api")
+# make bench's models, and a memory-bound one (its weights, 288 MiB, do not fit in cache).
+VERSUS_MODELS = {**MODELS, "memory-bound": [512, 8192, 8192, 512]}
 Target = tuple[str, str | None]  # an inference URL, and the key to send (None: none)
 
 
@@ -148,16 +150,16 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=int, default=5, help="per round")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--model", choices=list(MODELS), default="tiny")
+    parser.add_argument("--model", choices=list(VERSUS_MODELS), default="tiny")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     started = time.monotonic()
     rows = []
     with tempfile.TemporaryDirectory() as temporary:
         work = Path(temporary)
-        model = make_mlp(work / f"{args.model}.onnx", MODELS[args.model])
+        model = make_mlp(work / f"{args.model}.onnx", VERSUS_MODELS[args.model])
         body_file = work / "body.json"
-        body_file.write_bytes(request_body(MODELS[args.model][0]))
+        body_file.write_bytes(request_body(VERSUS_MODELS[args.model][0]))
         key: str | None = None
         if args.restricted:
             revision, old, (access, key) = "open", REPO, access_file(work, args.model)
