@@ -56,11 +56,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, handler_ids: Ite
     # that a namespaced install must not have, and the operator's kinds are fixed.
     # Which namespaces are watched is kopf's own --namespace/--all-namespaces.
     settings.scanning.disabled = True
-    # No settings.queueing.worker_limit, though a create burst would hold a quarter of the
-    # memory with one: kopf's workers wait for every indexed object to be indexed before
-    # running handlers, so with more objects listed at start than the limit, the workers
-    # holding the slots wait for objects that never get one (seen: 1,000 ModelDeployments,
-    # limit 50, nothing reconciled in 7 minutes).
+    # No settings.queueing.worker_limit: ModelConsumer workers still wait for every listed
+    # object to be indexed before running handlers, so with more consumers listed at start
+    # than the limit, the workers holding the slots would wait for objects that never get
+    # one (seen before kopf_toggles: 1,000 ModelDeployments, limit 50, nothing reconciled
+    # in 7 minutes).
     # The start-up listing in pages: kopf's default is one response per kind, all of it
     # parsed and held while its objects are handed out (10,000 Deployments at once).
     settings.watching.chunk_size = LIST_CHUNK_SIZE

@@ -24,7 +24,7 @@ import kopf
 from kopf._cogs.aiokits import aiotoggles
 from kopf._core.reactor import processing
 
-_PATCHED = "_modelplane_notifies_on_change"
+_PATCHED = "_modelplane_patched"  # on the ToggleSet class and on the wrapped processor
 
 
 async def _make_toggle(

@@ -115,25 +115,18 @@ def test_queueing_kinds_run_before_all_are_indexed_others_and_the_queue_wait(
         memo = kopf.Memo()
         indexed = ToggleSet(all)
         model, consumer, last = [await indexed.make_toggle(name=n) for n in "abc"]
-        await asyncio.wait_for(
-            process(
-                resource=_Resource("modeldeployments"),
+
+        def worker(plural: str, toggle: Toggle, name: str) -> Any:
+            return process(
+                resource=_Resource(plural),
                 memobase=memo,
-                resource_indexed=model,
+                resource_indexed=toggle,
                 operator_indexed=indexed,
-                name="model",
-            ),
-            BOUND,
-        )
-        waiting_consumer = asyncio.create_task(
-            process(
-                resource=_Resource("modelconsumers"),
-                memobase=memo,
-                resource_indexed=consumer,
-                operator_indexed=indexed,
-                name="consumer",
+                name=name,
             )
-        )
+
+        await asyncio.wait_for(worker("modeldeployments", model, "model"), BOUND)
+        waiting_consumer = asyncio.create_task(worker("modelconsumers", consumer, "consumer"))
         gate = asyncio.create_task(kopf_toggles.all_indexed(memo))
         await asyncio.sleep(0.1)  # room for a wait that should not end yet
         early = list(handled) + (["gate"] if gate.done() else [])
